@@ -1,0 +1,42 @@
+"""sdxl: a fast, independent Stable Diffusion XL inference engine with diffusers' API.
+
+`import sdxl` stays cheap: public names are imported on first use (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    # models
+    "UNet2DConditionModel": "sdxl.models.unet",
+    "AutoencoderKL": "sdxl.models.vae",
+    "CLIPTextModel": "sdxl.models.clip",
+    "CLIPTextModelWithProjection": "sdxl.models.clip",
+    "CLIPTokenizer": "sdxl.tokenizer",
+    # schedulers
+    "EulerDiscreteScheduler": "sdxl.schedulers.euler",
+    "DPMSolverMultistepScheduler": "sdxl.schedulers.dpm_multistep",
+    # pipelines
+    "DiffusionPipeline": "sdxl.pipelines.base",
+    "StableDiffusionXLPipeline": "sdxl.pipelines.text2img",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sdxl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,1 @@
+"""Loading weights and configs: the diffusers folder layout, hub ids, safetensors files."""

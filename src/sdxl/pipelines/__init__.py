@@ -1,0 +1,1 @@
+"""Pipelines with diffusers' names, arguments and outputs, over one shared denoising loop."""

@@ -1,0 +1,1 @@
+"""Noise schedulers with diffusers' class names and API, written as pure tensor math."""

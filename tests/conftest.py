@@ -1,0 +1,35 @@
+"""Session-scoped tiny checkpoints, built once with the reference libraries (diffusers/transformers)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import reference  # noqa: E402  (tests/reference.py: builders for tiny reference checkpoints)
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """(folder, diffusers pipeline) of a tiny SDXL base saved by diffusers' save_pretrained (fp32)."""
+    folder = tmp_path_factory.mktemp("tiny_base")
+    return folder, reference.make_base_pipeline(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_refiner(tmp_path_factory):
+    """(folder, diffusers pipeline) of a tiny SDXL refiner (no text_encoder/tokenizer, aesthetic-score ids)."""
+    folder = tmp_path_factory.mktemp("tiny_refiner")
+    return folder, reference.make_refiner_pipeline(folder)
+
+
+@pytest.fixture(scope="session")
+def clip_vocab_dir(tmp_path_factory) -> Path:
+    """vocab.json + merges.txt (official hub layout) written from the shipped vocabulary."""
+    return reference.write_clip_vocab(tmp_path_factory.mktemp("clip_vocab"))
