@@ -1,0 +1,354 @@
+"""Load models and pipeline components from the diffusers folder layout (local folder or hub id).
+
+A pipeline folder holds `model_index.json` and one subfolder per component: models (`config.json` + weights),
+tokenizers (`tokenizer.json` or `vocab.json` + `merges.txt`) and schedulers (`scheduler_config.json`).
+Weights file names follow diffusers 0.42 / transformers 5 (`_add_variant` inserts the variant before the last
+dot-part):
+
+  diffusion_pytorch_model.safetensors                  model.safetensors
+  diffusion_pytorch_model.fp16.safetensors             model.fp16.safetensors
+  diffusion_pytorch_model.safetensors.index.json       (sharded; shards `...-00001-of-00002.safetensors`)
+  diffusion_pytorch_model.safetensors.index.fp16.json  (shards `diffusion_pytorch_model.fp16-00001-of-00002...`)
+  diffusion_pytorch_model.safetensors.fp16.index.json  (legacy sharded variant index, still read by diffusers)
+
+Models are built on the meta device and take the (memory-mapped) tensors by `load_state_dict(assign=True)`, so
+no random init is paid and nothing is copied unless a dtype cast or a device move needs it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from sdxl.loading import keymaps, registry
+from sdxl.loading.hub import resolve_pretrained
+from sdxl.loading.weights import load_weights, read_index
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=nn.Module)
+
+WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers models, transformers models
+PICKLE_NAMES = ("diffusion_pytorch_model", "pytorch_model")
+SHOWN_KEYS = 5
+
+
+# ---- files --------------------------------------------------------------------------------------------------------
+
+
+def add_variant(name: str, variant: str | None) -> str:
+    """diffusers/transformers `_add_variant`: "a.safetensors" + "fp16" -> "a.fp16.safetensors"."""
+    if variant is None:
+        return name
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def weight_file_names(variant: str | None) -> list[str]:
+    """Safetensors weight file names a model folder may hold, in the order diffusers looks for them."""
+    names = []
+    for base in WEIGHT_NAMES:
+        names.append(add_variant(f"{base}.safetensors.index.json", variant))
+        if variant is not None:
+            names.append(f"{base}.safetensors.{variant}.index.json")  # legacy variant index
+        names.append(add_variant(f"{base}.safetensors", variant))
+    return names
+
+
+def _pickle_file_names(variant: str | None) -> list[str]:
+    names = []
+    for base in PICKLE_NAMES:
+        names += [add_variant(f"{base}.bin.index.json", variant), add_variant(f"{base}.bin", variant)]
+    return names
+
+
+def has_variant(folder: Path, variant: str) -> bool:
+    """Whether a component folder has files of `variant` (diffusers' `_identify_model_variants` rule)."""
+    if not folder.is_dir():
+        return False
+    return any(len(p.split(".")) > 1 and p.split(".")[1].startswith(variant) for p in os.listdir(folder))
+
+
+def _listing(folder: Path) -> str:
+    files = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if not files:
+        return "nothing"
+    more = f", ... ({len(files) - 12} more)" if len(files) > 12 else ""
+    return ", ".join(files[:12]) + more
+
+
+def find_weights(folder: Path, variant: str | None = None, use_safetensors: bool | None = None) -> Path:
+    """The weights file (or shard index) of a model folder; pickles are returned only to be refused by content.
+
+    A requested variant that is absent is an error, as in diffusers' `ModelMixin.from_pretrained` (the pipeline
+    loader falls back per component instead, see `load_pipeline_components`).
+    """
+    for name in weight_file_names(variant):
+        if (folder / name).is_file():
+            return folder / name
+    for name in _pickle_file_names(variant):
+        if (folder / name).is_file():
+            path = folder / name
+            if name.endswith(".json"):  # a sharded pickle: its first shard gets refused by content
+                first = sorted(set(read_index(path).values()))
+                path = folder / first[0] if first and (folder / first[0]).is_file() else path
+            logger.info("%s has no safetensors weights; checking %s", folder, path.name)
+            return path
+    expected = ", ".join(weight_file_names(variant))
+    if variant is not None and any((folder / n).is_file() for n in weight_file_names(None)):
+        raise FileNotFoundError(
+            f"{folder} has no weights for variant={variant!r}: expected one of {expected}. It has: "
+            f"{_listing(folder)}. Pass variant=None to load the weights without a variant."
+        )
+    hint = " (use_safetensors=False does not enable pickle loading)" if use_safetensors is False else ""
+    raise FileNotFoundError(f"No weights in {folder}: expected one of {expected}{hint}. It has: {_listing(folder)}.")
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from `path`; FileNotFoundError / ValueError naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object.")  # noqa: TRY004 (bad file content, not a bad argument)
+    return data
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+
+
+def _check_dtype(torch_dtype: Any) -> torch.dtype:
+    if torch_dtype is None:
+        return torch.float32  # diffusers' default: every component in float32
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+        raise TypeError(f"torch_dtype must be a floating torch.dtype such as torch.float16, got {torch_dtype!r}.")
+    return torch_dtype
+
+
+def _read_model_config(cls: type, folder: Path, subfolder: str | None) -> tuple[Any, Path]:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        hint = ""
+        if subfolder is None and (folder / "model_index.json").is_file():
+            comps = [p.name for p in sorted(folder.iterdir()) if (p / "config.json").is_file()]
+            hint = f" It is a pipeline folder: pass subfolder=... (model subfolders: {', '.join(comps)})."
+        raise FileNotFoundError(f"No config.json in {folder}: it is not a model folder in diffusers layout.{hint}")
+    raw = read_json(config_path, "model config")
+    declared = raw.get("_class_name") or (raw.get("architectures") or [None])[0]
+    ours = registry.registered_name(cls)
+    if ours is not None and declared in registry.MODELS and declared != ours:
+        raise ValueError(
+            f"{config_path} describes a {declared}, not a {ours}: load it with sdxl.{declared}.from_pretrained, "
+            "or pick the right subfolder."
+        )
+    config_cls = registry.config_class(cls)
+    try:
+        return config_cls.from_dict(raw), config_path
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{config_path}: {e}") from e
+
+
+def _shape_mismatch_text(key: str, got: torch.Size, want: torch.Size) -> str:
+    return f"{key}: file {list(got)} vs model {list(want)}"
+
+
+def check_keys(model: nn.Module, sd: dict[str, torch.Tensor], source: Path) -> None:
+    """One ValueError naming `source`, the first few offending keys and the counts, unless the keys and shapes
+    of `sd` equal the model's state dict exactly."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [
+        _shape_mismatch_text(k, sd[k].shape, expected[k]) for k in expected if k in sd and sd[k].shape != expected[k]
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("with a shape mismatch", mismatched)):
+        if items:
+            more = ", ..." if len(items) > SHOWN_KEYS else ""
+            parts.append(f"{len(items)} key(s) {label} ({', '.join(items[:SHOWN_KEYS])}{more})")
+    raise ValueError(
+        f"{source} does not match {type(model).__name__} as its config.json describes it: {'; '.join(parts)}. "
+        "The weights and config.json probably belong to different models (or a different subfolder)."
+    )
+
+
+def load_model(
+    cls: type[M],
+    path_or_id: str | os.PathLike,
+    subfolder: str | None = None,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    device: torch.device | str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> M:
+    """Build `cls` from `config.json` on the meta device and assign the safetensors weights (diffusers layout).
+
+    `torch_dtype` (or its newer diffusers spelling `dtype`; default float32, as diffusers) is the dtype of every
+    floating tensor; `variant` picks e.g. the `.fp16.` files (an absent variant is an error listing what exists);
+    `device` is where the tensors go. Only safetensors are read: a pickle checkpoint is refused whatever
+    `use_safetensors` says. The model comes back in eval mode with `requires_grad=False`.
+    """
+    if torch_dtype is not None and dtype is not None:
+        raise ValueError("Pass the dtype once: as `torch_dtype` or as `dtype`, not both.")
+    dtype = _check_dtype(torch_dtype if torch_dtype is not None else dtype)
+    root = resolve_pretrained(
+        path_or_id,
+        subfolders=[subfolder] if subfolder else None,
+        variant=variant,
+        variant_fallback=False,
+        cache_dir=cache_dir,
+        revision=revision,
+        local_files_only=local_files_only,
+    )
+    folder = root / subfolder if subfolder else root
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{root} has no subfolder {subfolder!r}; it has: {_listing(root)}.")
+    if use_safetensors is False:
+        logger.info("use_safetensors=False: sdxl reads safetensors only; pickle checkpoints are refused.")
+
+    config, _ = _read_model_config(cls, folder, subfolder)
+    with torch.device("meta"):
+        model = cls(config)
+
+    weights = find_weights(folder, variant, use_safetensors)
+    sd = keymaps.normalize_keys(registry.keymap_family(cls), load_weights(weights, dtype=dtype, device=device))
+    check_keys(model, sd, weights)
+    model.load_state_dict(sd, strict=True, assign=True)
+    del sd
+    left = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:
+        raise TypeError(
+            f"{cls.__name__} has tensors outside its state dict that no checkpoint can fill: {left[:SHOWN_KEYS]} "
+            "(model contract: no non-persistent buffers; compute them in forward)."
+        )
+    model.eval()
+    model.requires_grad_(False)
+    logger.info("Loaded %s from %s (%s)", cls.__name__, weights, dtype)
+    return model
+
+
+# ---- pipelines ----------------------------------------------------------------------------------------------------
+
+
+def _component_entries(index: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """name -> (library, class name) for every component entry of model_index.json (config values skipped)."""
+    return {
+        k: (v[0], v[1])
+        for k, v in index.items()
+        if not k.startswith("_") and isinstance(v, (list, tuple)) and len(v) == 2
+    }
+
+
+def _load_tokenizer(cls: type, folder: Path, name: str) -> Any:
+    sub = folder / name
+    has_files = (sub / "tokenizer.json").is_file() or (sub / "vocab.json").is_file() or (sub / "merges.txt").is_file()
+    if has_files or not hasattr(cls, "from_shipped_vocab"):
+        return cls.from_pretrained(folder, subfolder=name)
+    pad = None
+    for cfg_name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (sub / cfg_name).is_file():
+            pad = pad or read_json(sub / cfg_name, "tokenizer config").get("pad_token")
+    if isinstance(pad, dict):
+        pad = pad.get("content")
+    if pad is None:
+        # SDXL's convention: the second tokenizer (OpenCLIP-G) pads with "!", the first with <|endoftext|>.
+        pad = "!" if name == "tokenizer_2" else "<|endoftext|>"
+    logger.warning(
+        "%s has no tokenizer files (tokenizer.json or vocab.json + merges.txt); using the CLIP vocabulary shipped "
+        "with sdxl, padding with %r.",
+        sub,
+        pad,
+    )
+    return cls.from_shipped_vocab(pad_token=pad)
+
+
+def load_pipeline_components(
+    path_or_id: str | os.PathLike,
+    *,
+    torch_dtype: torch.dtype | None = None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load every component `model_index.json` lists; returns (components, model_index dict).
+
+    `overrides` maps component names to user objects (or None to drop one): those are not loaded (nor
+    downloaded) and come back as given, also names model_index.json does not list. Null entries give None.
+    With `variant`, each model component uses the variant files when its folder has them and the plain files
+    otherwise (diffusers 0.42 does the same); no model component having the variant is an error.
+    """
+    overrides = dict(overrides or {})
+    dtype = _check_dtype(torch_dtype)
+    hub = {"cache_dir": cache_dir, "revision": revision, "local_files_only": local_files_only}
+    root = resolve_pretrained(path_or_id, subfolders=[], **hub)
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        hint = ""
+        if (root / "config.json").is_file():
+            hint = " It holds a single model (config.json): load it with the model class's from_pretrained."
+        raise FileNotFoundError(f"No model_index.json in {root}: it is not a diffusers pipeline folder.{hint}")
+    index = read_json(index_path, "pipeline index")
+    entries = _component_entries(index)
+
+    todo: dict[str, tuple[str, type]] = {}
+    for name, (library, class_name) in entries.items():
+        if name in overrides or class_name is None or library is None:
+            continue
+        todo[name] = registry.resolve_component(name, library, class_name)
+    if todo:
+        root = resolve_pretrained(path_or_id, subfolders=sorted(todo), variant=variant, variant_fallback=True, **hub)
+
+    models = [name for name, (kind, _) in todo.items() if kind == registry.MODEL]
+    variants = {name: variant if variant and has_variant(root / name, variant) else None for name in models}
+    if variant is not None and models and not any(variants.values()):
+        raise ValueError(
+            f"variant={variant!r} was requested but no component of {root} has {variant} files "
+            f"(looked in {', '.join(models)}). Pass variant=None to load the files without a variant."
+        )
+    for name in models:
+        if variant is not None and variants[name] is None:
+            logger.info("%s has no %s files; loading its files without a variant", root / name, variant)
+
+    components: dict[str, Any] = {name: None for name in entries}
+    for name, (kind, cls) in todo.items():
+        if kind == registry.MODEL:
+            components[name] = load_model(
+                cls,
+                root,
+                name,
+                torch_dtype=dtype,
+                variant=variants[name],
+                use_safetensors=use_safetensors,
+                device=device,
+            )
+        elif kind == registry.TOKENIZER:
+            components[name] = _load_tokenizer(cls, root, name)
+        else:
+            config = read_json(root / name / "scheduler_config.json", f"scheduler config of {name!r}")
+            try:
+                components[name] = cls.from_config(config)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"{root / name / 'scheduler_config.json'}: {e}") from e
+    components.update(overrides)
+    return components, index
