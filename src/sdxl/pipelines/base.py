@@ -1,0 +1,242 @@
+"""What every pipeline shares: named components, `.to()`, device/dtype, the progress bar, `from_pretrained`.
+
+`DiffusionPipeline.from_pretrained(folder_or_hub_id)` reads `_class_name` from the checkpoint's model_index.json and
+builds the matching pipeline class from `PIPELINE_CLASSES`; adding a mode (img2img, inpaint) is one line there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# model_index.json `_class_name` -> module defining the class of that name
+PIPELINE_CLASSES: dict[str, str] = {
+    "StableDiffusionXLPipeline": "sdxl.pipelines.text2img",
+}
+
+# Every component name a diffusers SDXL model_index.json may list; these `from_pretrained` kwargs replace
+# (or with None, skip) loading that component.
+COMPONENT_NAMES = (
+    "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler",
+    "image_encoder", "feature_extractor",
+)
+
+
+def pipeline_class(class_name: Any) -> type[DiffusionPipeline]:
+    """The pipeline class named by a model_index.json `_class_name`."""
+    module = PIPELINE_CLASSES.get(class_name) if isinstance(class_name, str) else None
+    if module is None:
+        raise ValueError(
+            f"model_index.json names the pipeline class {class_name!r}, which sdxl does not provide; "
+            f"supported: {sorted(PIPELINE_CLASSES)}. Load it with one of those classes' from_pretrained."
+        )
+    return getattr(importlib.import_module(module), class_name)
+
+
+@dataclass
+class PipelineOutput:
+    """A pipeline's result: `images` is a list of PIL images, an (B, H, W, 3) array, or a tensor ("pt"/"latent").
+
+    Like diffusers' outputs, `output[0]` and `output["images"]` also give the images.
+    """
+
+    images: Any
+
+    def __getitem__(self, key: int | str) -> Any:
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return (self.images,)
+
+
+class FrozenConfig(dict):
+    """A read-only dict that also reads as attributes (`pipe.config.force_zeros_for_empty_prompt`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"The pipeline config has no key {name!r}; it has {sorted(self)}.") from None
+
+    def _frozen(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("The pipeline config is read-only: change it with `pipe.register_to_config(key=value)`.")
+
+    __setitem__ = __delitem__ = __setattr__ = update = pop = setdefault = clear = _frozen
+
+    def __reduce__(self) -> tuple[type, tuple[dict]]:
+        # copy/pickle rebuild from a plain dict instead of setting items one by one
+        return (FrozenConfig, (dict(self),))
+
+
+class DiffusionPipeline:
+    """Base of the pipelines: holds the components as attributes, and the pipeline config.
+
+    Subclasses set `_component_names` (in their `__init__` order), `_required_components` and `_init_options`
+    (the non-component `__init__` arguments that model_index.json may carry, such as
+    `force_zeros_for_empty_prompt`), and call `register_components` / `register_to_config` in `__init__`.
+    """
+
+    _component_names: tuple[str, ...] = ()
+    _required_components: tuple[str, ...] = ()
+    _init_options: tuple[str, ...] = ()
+
+    def register_components(self, **components: Any) -> None:
+        """Set each component as an attribute (`pipe.unet`, ...); plain assignment replaces one later."""
+        for name, component in components.items():
+            setattr(self, name, component)
+
+    def register_to_config(self, **values: Any) -> None:
+        """Add or change pipeline config values (`pipe.config`)."""
+        self._config = FrozenConfig({**getattr(self, "_config", {"_class_name": type(self).__name__}), **values})
+
+    @property
+    def config(self) -> FrozenConfig:
+        """The pipeline config: `_class_name`, options such as `force_zeros_for_empty_prompt`, `_name_or_path`."""
+        if not hasattr(self, "_config"):
+            self.register_to_config()
+        return self._config
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """{name: component} for every component, so `OtherPipeline(**pipe.components)` shares the weights."""
+        return {name: getattr(self, name) for name in self._component_names}
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [c for c in self.components.values() if isinstance(c, torch.nn.Module)]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the pipeline computes: the first accelerator device among the models, else the first model's."""
+        devices = [m.device for m in self._modules()]
+        for device in devices:
+            if device.type not in ("cpu", "meta"):
+                return device
+        return devices[0] if devices else torch.device("cpu")
+
+    @property
+    def _execution_device(self) -> torch.device:
+        # diffusers' name, read by external code written against it
+        return self.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The UNet's dtype (the first model's when there is no UNet)."""
+        unet = getattr(self, "unet", None)
+        if isinstance(unet, torch.nn.Module):
+            return unet.dtype
+        modules = self._modules()
+        return modules[0].dtype if modules else torch.float32
+
+    def to(self, *args: Any, **kwargs: Any) -> DiffusionPipeline:
+        """Move/cast every model: `to(device)`, `to(dtype)`, `to(device, dtype)`, `to(device=..., dtype=...)`.
+
+        Returns the pipeline itself (changed in place), as diffusers does.
+        """
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        kwargs.pop("silence_dtype_warnings", None)
+        if kwargs:
+            raise TypeError(f"pipe.to() got unexpected arguments {sorted(kwargs)}; it takes a device and/or a dtype.")
+        if len(args) > 2:
+            raise ValueError(f"pipe.to() takes at most a device and a dtype, but got {len(args)} arguments.")
+        if len(args) == 2 and isinstance(args[0], torch.dtype):
+            raise ValueError("pipe.to(a, b) takes the device first and the dtype second.")
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                if dtype is not None:
+                    raise ValueError("The dtype was given both as an argument and as the `dtype` keyword.")
+                dtype = arg
+            elif arg is not None:
+                if device is not None:
+                    raise ValueError("The device was given both as an argument and as the `device` keyword.")
+                device = arg
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"`dtype` must be a torch.dtype such as torch.float16, but got {dtype!r}.")
+        move = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        for module in self._modules():
+            module.to(**move)
+        return self
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """tqdm keyword arguments for the denoising progress bar, e.g. `disable=True`, `leave=False`."""
+        self._progress_bar_config = kwargs
+
+    def progress_bar(self, iterable: Any = None, total: int | None = None) -> Any:
+        """A tqdm bar over `iterable` or with `total` steps, configured by `set_progress_bar_config`."""
+        from tqdm.auto import tqdm
+
+        config = dict(getattr(self, "_progress_bar_config", {}))
+        if iterable is not None:
+            return tqdm(iterable, **config)
+        if total is not None:
+            return tqdm(total=total, **config)
+        raise ValueError("progress_bar() needs an `iterable` or a `total`.")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: Any,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        use_safetensors: bool | None = None,
+        **kwargs: Any,
+    ) -> DiffusionPipeline:
+        """Load a pipeline from a diffusers-layout folder or hub id.
+
+        Keyword arguments named like components (`vae=`, `text_encoder_2=`, `scheduler=`, ...) are used instead of
+        loading that component (None skips it); the others are pipeline options (`force_zeros_for_empty_prompt`,
+        `add_watermarker`), which override model_index.json. Every model gets one dtype, `torch_dtype` (or its
+        newer spelling `dtype`), default float32. On `DiffusionPipeline` itself the class comes from
+        model_index.json's `_class_name`.
+        """
+        from sdxl.loading.diffusers import load_pipeline_components
+
+        if torch_dtype is not None and dtype is not None:
+            raise ValueError("Pass the dtype once: as `torch_dtype` or as `dtype`, not both.")
+        overrides = {name: kwargs.pop(name) for name in COMPONENT_NAMES if name in kwargs}
+        if cls is not DiffusionPipeline:
+            cls._check_options(kwargs)
+        components, model_index = load_pipeline_components(
+            pretrained_model_name_or_path,
+            torch_dtype=torch_dtype if torch_dtype is not None else dtype,
+            variant=variant,
+            use_safetensors=use_safetensors,
+            overrides=overrides,
+        )
+        target = cls if cls is not DiffusionPipeline else pipeline_class(model_index.get("_class_name"))
+        target._check_options(kwargs)
+        components = {**components, **overrides}
+        unexpected = [n for n, c in components.items() if n not in target._component_names and c is not None]
+        if unexpected:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} has components {unexpected} that {target.__name__} does not use; "
+                f"pass {', '.join(f'{n}=None' for n in unexpected)} to skip them."
+            )
+        missing = [n for n in target._required_components if components.get(n) is None]
+        if missing:
+            raise ValueError(
+                f"{target.__name__} needs the components {missing}, but {pretrained_model_name_or_path} has none: "
+                f"pass them as keyword arguments ({', '.join(f'{n}=...' for n in missing)})."
+            )
+        options = {k: model_index[k] for k in target._init_options if k in model_index}
+        options.update(kwargs)
+        pipe = target(**{n: components.get(n) for n in target._component_names}, **options)
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipe
+
+    @classmethod
+    def _check_options(cls, options: dict[str, Any]) -> None:
+        unknown = sorted(set(options) - set(cls._init_options))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained got unexpected keyword arguments {unknown}; it takes the components "
+                f"{list(cls._component_names)}, the options {list(cls._init_options)}, torch_dtype, variant and "
+                "use_safetensors."
+            )

@@ -1,0 +1,327 @@
+"""StableDiffusionXLPipeline: text-to-image with diffusers 0.42's arguments, defaults and outputs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sdxl.image import VaeImageProcessor, check_output_type, postprocess
+from sdxl.pipelines.base import DiffusionPipeline, PipelineOutput
+from sdxl.pipelines.denoise import (
+    CALLBACK_TENSOR_INPUTS,
+    check_callback_tensor_inputs,
+    check_denoising_fraction,
+    decode_latents,
+    denoise,
+    is_positive_int,
+    prepare_latents,
+    retrieve_timesteps,
+    scheduler_step_kwargs,
+    steps_before_denoising_end,
+)
+from sdxl.prompts.encode import check_prompt_inputs, encode_prompt, prompt_batch_size
+from sdxl.prompts.micro import base_time_ids, time_ids_tensor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StableDiffusionXLPipelineOutput(PipelineOutput):
+    """`images`: list of PIL images, (B, H, W, 3) float32 array, or tensor, per `output_type`."""
+
+
+class StableDiffusionXLPipeline(DiffusionPipeline):
+    """Stable Diffusion XL text-to-image.
+
+    Components: `vae`, `text_encoder` (CLIP ViT-L), `text_encoder_2` (OpenCLIP ViT-bigG with projection), their
+    `tokenizer` / `tokenizer_2`, `unet` and `scheduler`. The text encoders and tokenizers may be None when only
+    `prompt_embeds` are passed.
+
+    `force_zeros_for_empty_prompt` (model_index.json; default True): with no negative prompt, the negative
+    conditioning is zeros rather than the encoded "". `add_watermarker` is accepted for compatibility, but no
+    invisible watermark is applied yet.
+    """
+
+    _component_names = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
+    _required_components = ("vae", "unet", "scheduler")
+    _init_options = ("force_zeros_for_empty_prompt", "add_watermarker")
+    _callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
+
+    def __init__(
+        self,
+        vae: Any,
+        text_encoder: Any,
+        text_encoder_2: Any,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        unet: Any,
+        scheduler: Any,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+    ):
+        self.register_components(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+        )
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        if add_watermarker:
+            logger.warning("add_watermarker=True: sdxl does not apply the invisible watermark yet; images are unmarked.")
+        self.watermark = None
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self.default_sample_size = getattr(unet.config, "sample_size", 128) if unet is not None else 128
+        self._guidance_scale, self._guidance_rescale, self._clip_skip = 5.0, 0.0, None
+        self._denoising_end, self._num_timesteps, self._interrupt = None, 0, False
+
+    # ---- attributes diffusers exposes during a call ----------------------------------------------------------------
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def guidance_rescale(self) -> float:
+        return self._guidance_rescale
+
+    @property
+    def clip_skip(self) -> int | None:
+        return self._clip_skip
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Guidance runs when guidance_scale > 1 (and the UNet does not embed the scale itself)."""
+        return self._guidance_scale > 1 and getattr(self.unet.config, "time_cond_proj_dim", None) is None
+
+    @property
+    def denoising_end(self) -> float | None:
+        return self._denoising_end
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` (e.g. in a step-end callback) to skip the remaining steps."""
+        return self._interrupt
+
+    # ---- building blocks --------------------------------------------------------------------------------------------
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        prompt_2: str | list[str] | None = None,
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds), as
+        diffusers' method of the same name (see `sdxl.prompts.encode.encode_prompt`)."""
+        if lora_scale is not None:
+            raise ValueError("`lora_scale` is not supported yet: sdxl has no LoRA support.")
+        return encode_prompt(
+            tokenizer=self.tokenizer, text_encoder=self.text_encoder,
+            tokenizer_2=self.tokenizer_2, text_encoder_2=self.text_encoder_2,
+            prompt=prompt, prompt_2=prompt_2, device=device or self.device,
+            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_classifier_free_guidance,
+            negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            clip_skip=clip_skip, force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
+            dtype=self.unet.dtype,
+        )
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Initial latents (diffusers' method signature); see `sdxl.pipelines.denoise.prepare_latents`."""
+        shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        return prepare_latents(
+            self.scheduler, shape, dtype=dtype, device=device, generator=generator, latents=latents
+        )
+
+    def _time_ids(
+        self, original_size: Any, crops_coords_top_left: Any, target_size: Any, dtype: torch.dtype, projection_dim: int
+    ) -> torch.Tensor:
+        """(1, 6) base-layout micro-conditioning ids, checked against the UNet's added-embedding width."""
+        ids = base_time_ids(original_size, crops_coords_top_left, target_size)
+        return time_ids_tensor(ids, unet_config=self.unet.config, projection_dim=projection_dim, dtype=dtype)
+
+    def check_inputs(
+        self,
+        height: int,
+        width: int,
+        num_images_per_prompt: int,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+        denoising_end: float | None,
+        **prompt_inputs: Any,
+    ) -> None:
+        """ValueError/TypeError for everything the call cannot run with, before any work is done."""
+        if height % 8 != 0 or width % 8 != 0:
+            raise ValueError(f"`height` and `width` must be divisible by 8, but are {height} and {width}.")
+        if not is_positive_int(num_images_per_prompt):
+            raise ValueError(f"`num_images_per_prompt` must be a positive integer, but got {num_images_per_prompt!r}.")
+        check_output_type(output_type)
+        check_callback_tensor_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        check_denoising_fraction("denoising_end", denoising_end)
+        check_prompt_inputs(**prompt_inputs)
+        texts = [k for k in ("prompt", "negative_prompt") if prompt_inputs.get(k) is not None]
+        if texts and (self.text_encoder_2 is None or self.tokenizer_2 is None):
+            raise ValueError(
+                f"{texts} given, but this pipeline has no text_encoder_2/tokenizer_2 to encode text: load them, or "
+                "pass prompt_embeds and pooled_prompt_embeds (and the negative ones) instead."
+            )
+
+    # ---- the call ---------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        prompt_2: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        denoising_end: float | None = None,
+        guidance_scale: float = 5.0,
+        negative_prompt: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        guidance_rescale: float = 0.0,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
+        negative_original_size: tuple[int, int] | None = None,
+        negative_crops_coords_top_left: tuple[int, int] = (0, 0),
+        negative_target_size: tuple[int, int] | None = None,
+        clip_skip: int | None = None,
+        callback_on_step_end: Callable[..., dict[str, torch.Tensor] | None] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
+        """Generate images from text; arguments, defaults and results as diffusers' `StableDiffusionXLPipeline`.
+
+        Returns `StableDiffusionXLPipelineOutput(images=...)`, or `(images,)` with `return_dict=False`.
+        `denoising_end` must be a float strictly inside (0, 1) (diffusers silently ignores other values).
+        Negative micro-conditioning applies only when both `negative_original_size` and `negative_target_size` are
+        given, as in diffusers.
+        """
+        # a diffusers-style callback object carries the tensor names it wants
+        callback_on_step_end_tensor_inputs = getattr(
+            callback_on_step_end, "tensor_inputs", callback_on_step_end_tensor_inputs
+        )
+        # 0. defaults
+        height = height or self.default_sample_size * self.vae_scale_factor
+        width = width or self.default_sample_size * self.vae_scale_factor
+        original_size = original_size or (height, width)
+        target_size = target_size or (height, width)
+
+        # 1. check inputs
+        self.check_inputs(
+            height, width, num_images_per_prompt, output_type, callback_on_step_end_tensor_inputs, denoising_end,
+            prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+        )
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = guidance_rescale
+        self._clip_skip = clip_skip
+        self._denoising_end = denoising_end
+        self._interrupt = False
+        batch_size = prompt_batch_size(prompt, prompt_embeds) * num_images_per_prompt
+        device = self.device
+
+        # 2. timesteps (before encoding: a bad step count fails fast)
+        timesteps, num_inference_steps = retrieve_timesteps(self.scheduler, num_inference_steps, device, timesteps, sigmas)
+        if denoising_end is not None:
+            num_inference_steps = steps_before_denoising_end(
+                timesteps, denoising_end, self.scheduler.config.num_train_timesteps
+            )
+            timesteps = timesteps[:num_inference_steps]
+
+        # 3. prompt -> (B, 77, 2048) context and (B, 1280) pooled vector, negatives first under guidance
+        prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = self.encode_prompt(
+            prompt, prompt_2, device, num_images_per_prompt, self.do_classifier_free_guidance,
+            negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
+            pooled_prompt_embeds, negative_pooled_prompt_embeds, clip_skip=clip_skip,
+        )
+
+        # 4. initial noise, in the prompt dtype (the pipeline's)
+        latents = self.prepare_latents(
+            batch_size, self.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents
+        )
+
+        # 5. micro-conditioning (1, 6) ids. As in diffusers, the negative ids are the positive ones unless both
+        #    negative_original_size and negative_target_size are given (negative crops alone change nothing).
+        projection_dim = (
+            self.text_encoder_2.config.projection_dim
+            if self.text_encoder_2 is not None
+            else int(pooled_prompt_embeds.shape[-1])
+        )
+        dtype = prompt_embeds.dtype
+        add_time_ids = self._time_ids(original_size, crops_coords_top_left, target_size, dtype, projection_dim)
+        negative_add_time_ids = add_time_ids
+        if negative_original_size is not None and negative_target_size is not None:
+            negative_add_time_ids = self._time_ids(
+                negative_original_size, negative_crops_coords_top_left, negative_target_size, dtype, projection_dim
+            )
+        add_text_embeds = pooled_prompt_embeds
+        if self.do_classifier_free_guidance:
+            # (2B, ...): rows [negatives; positives]
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
+            add_text_embeds = torch.cat([negative_pooled_prompt_embeds, add_text_embeds], dim=0)
+            add_time_ids = torch.cat([negative_add_time_ids, add_time_ids], dim=0)
+        state = {
+            "latents": latents,
+            "prompt_embeds": prompt_embeds.to(device),
+            "add_text_embeds": add_text_embeds.to(device),
+            # (2, n) [neg; pos] repeated per image: rows interleave neg, pos, neg, pos, ... (as diffusers)
+            "add_time_ids": add_time_ids.to(device).repeat(batch_size, 1),
+        }
+
+        # 6. denoise
+        self._num_timesteps = len(timesteps)
+        latents = denoise(
+            self, state, timesteps,
+            progress_total=num_inference_steps,
+            step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+
+        # 7. decode and convert
+        image = latents if output_type == "latent" else postprocess(decode_latents(self.vae, latents), output_type)
+        if not return_dict:
+            return (image,)
+        return StableDiffusionXLPipelineOutput(images=image)
