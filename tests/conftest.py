@@ -12,7 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import reference  # noqa: E402  (tests/reference.py: builders for tiny reference checkpoints)
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
+# Tiny models are dominated by per-op overhead: one thread is several times faster than two on a loaded
+# 2-core machine (measured 0.17 s vs 1.07 s for a 2-step tiny pipeline call).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,236 @@
+"""The `sdxl` command: generate images from the terminal, with A1111-readable PNG metadata.
+
+Uses only the public `sdxl` API. Errors we expect (bad input, missing files) are printed as one line that says what
+to do, without a traceback; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+
+from sdxl.params import SAMPLERS, GenerationParams, find_sampler
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+EPILOG = """examples:
+  sdxl tiny-checkpoint ./tiny-sdxl
+  sdxl generate "a red circle on a blue background" --model ./tiny-sdxl -o out.png
+  sdxl generate "an astronaut in a jungle" --model stabilityai/stable-diffusion-xl-base-1.0 \\
+      --steps 30 --scheduler "DPM++ 2M Karras" --seed 42 -o astronaut.png
+"""
+
+
+class UsageError(Exception):
+    """A mistake in the command line that argparse cannot see (reported like argparse's own errors)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdxl",
+        description="Stable Diffusion XL inference: text-to-image with diffusers-compatible checkpoints.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "generate",
+        help="generate images from a text prompt",
+        description="Generate images from a text prompt and save them as PNG (with A1111 `parameters` metadata).",
+    )
+    gen.add_argument("prompt", help="what to draw")
+    gen.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="a diffusers-layout folder or a hub id (e.g. stabilityai/stable-diffusion-xl-base-1.0)",
+    )
+    gen.add_argument("--output", "-o", default="out.png", help="output PNG path (default: out.png); with "
+                     "--num-images N > 1 the files are NAME-0.png ... NAME-(N-1).png")
+    gen.add_argument("--negative", default="", help="negative prompt: what to steer away from")
+    gen.add_argument("--prompt-2", default=None, help="prompt for the second text encoder (default: the prompt)")
+    gen.add_argument("--steps", type=int, default=30, help="number of denoising steps (default: 30)")
+    gen.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: 5.0)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
+    gen.add_argument("--width", type=int, default=None, help="image width, divisible by 8 (default: the model's)")
+    gen.add_argument("--height", type=int, default=None, help="image height, divisible by 8 (default: the model's)")
+    gen.add_argument("--num-images", type=int, default=1, help="how many images (seeds SEED, SEED+1, ...)")
+    gen.add_argument(
+        "--scheduler",
+        default=None,
+        help="sampler name, e.g. 'Euler' or 'DPM++ 2M Karras' (see `sdxl schedulers`; default: the model's)",
+    )
+    gen.add_argument("--dtype", choices=DTYPES, default="auto", help="auto = float16 on GPU, float32 on CPU")
+    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (default: auto)")
+    gen.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    tiny = sub.add_parser(
+        "tiny-checkpoint",
+        help="write a tiny random-weight SDXL checkpoint (diffusers layout) to try the command offline",
+        description="Write a tiny SDXL-architecture checkpoint with random weights. Its images are noise-like: it "
+        "exists to run the whole pipeline on a machine without the real weights.",
+    )
+    tiny.add_argument("folder", help="where to write it")
+    tiny.add_argument("--seed", type=int, default=0, help="seed for the random weights (default: 0)")
+
+    sub.add_parser("schedulers", help="list the sampler names --scheduler accepts")
+    return parser
+
+
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UsageError(f"--device {name!r} is not a device name ({err}); try cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was asked for, but no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def _resolve_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    return getattr(torch, name)
+
+
+def _sampler_name(scheduler) -> str:
+    """The A1111 name of a scheduler object, for the metadata (the class name when it has none)."""
+    config = scheduler.config
+    for sampler in SAMPLERS.values():
+        if type(scheduler).__name__ != sampler.scheduler:
+            continue
+        if all(config.get(k) == v for k, v in sampler.options.items()) and not (
+            config.get("use_karras_sigmas") and not sampler.options.get("use_karras_sigmas")
+        ):
+            return sampler.name
+    return type(scheduler).__name__
+
+
+def _output_paths(output: str, count: int) -> list[Path]:
+    path = Path(output)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--output {output!r} must end in .png (images are saved as PNG with their parameters)")
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise UsageError(f"--steps must be at least 1 (got {args.steps})")
+    if args.num_images < 1:
+        raise UsageError(f"--num-images must be at least 1 (got {args.num_images})")
+    for flag, value in (("--width", args.width), ("--height", args.height)):
+        if value is not None and (value <= 0 or value % 8):
+            raise UsageError(f"{flag} must be a positive multiple of 8 (got {value}); try {max(8, value // 8 * 8)}")
+    sampler = find_sampler(args.scheduler) if args.scheduler else None
+    paths = _output_paths(args.output, args.num_images)
+    if not paths[0].parent.exists():
+        raise UsageError(f"the folder for --output does not exist: {paths[0].parent}")
+
+    import torch
+
+    import sdxl
+
+    device = _resolve_device(args.device)
+    dtype = _resolve_dtype(args.dtype, device)
+    pipe = sdxl.DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype)
+    if sampler is not None:
+        scheduler_cls = getattr(sdxl, sampler.scheduler)
+        pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config, **sampler.options)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=args.quiet)
+
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(args.num_images)]
+    result = pipe(
+        prompt=args.prompt,
+        prompt_2=args.prompt_2,
+        negative_prompt=args.negative or None,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        width=args.width,
+        height=args.height,
+        num_images_per_prompt=args.num_images,
+        generator=generators,
+    )
+
+    from sdxl.metadata import save_png
+
+    model_name = Path(args.model).name if os.path.isdir(args.model) else args.model
+    sampler_name = _sampler_name(pipe.scheduler)
+    for i, (image, path) in enumerate(zip(result.images, paths)):
+        params = GenerationParams(
+            prompt=args.prompt,
+            negative_prompt=args.negative,
+            prompt_2=args.prompt_2,
+            steps=args.steps,
+            sampler=sampler_name,
+            guidance_scale=args.guidance,
+            seed=seed + i,
+            width=image.width,
+            height=image.height,
+            model=model_name,
+        )
+        save_png(image, path, params)
+        print(f"saved {path} (seed {seed + i})")
+    return 0
+
+
+def _tiny_checkpoint(args: argparse.Namespace) -> int:
+    from sdxl.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(args.folder, seed=args.seed)
+    print(f"wrote a tiny random-weight SDXL checkpoint to {folder}")
+    print(f'try: sdxl generate "a red circle on a blue background" --model {folder} -o out.png')
+    return 0
+
+
+def _schedulers(args: argparse.Namespace) -> int:
+    for sampler in SAMPLERS.values():
+        options = ", ".join(f"{k}={v}" for k, v in sampler.options.items())
+        print(f"{sampler.name:<20} {sampler.scheduler}" + (f" ({options})" if options else ""))
+    return 0
+
+
+COMMANDS = {"generate": _generate, "tiny-checkpoint": _tiny_checkpoint, "schedulers": _schedulers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sdxl` command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="sdxl: %(levelname)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as err:
+        if args.debug:
+            raise
+        print(f"sdxl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdxl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

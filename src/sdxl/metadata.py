@@ -1,0 +1,85 @@
+"""The AUTOMATIC1111 `parameters` PNG text chunk: written with every image, readable by existing tools."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sdxl.params import GenerationParams
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PARAMETERS_KEY = "parameters"
+
+
+def _format_number(value: float) -> str:
+    return f"{value:g}"
+
+
+def format_parameters(params: GenerationParams) -> str:
+    """The A1111 text: prompt line(s), `Negative prompt: ...`, then `Key: value, ...` settings."""
+    lines = [params.prompt]
+    if params.negative_prompt:
+        lines.append(f"Negative prompt: {params.negative_prompt}")
+    settings = {
+        "Steps": str(params.steps),
+        "Sampler": params.sampler,
+        "CFG scale": _format_number(params.guidance_scale),
+        "Seed": str(params.seed),
+        "Size": f"{params.width}x{params.height}",
+        "Model": params.model,
+    }
+    if params.prompt_2:
+        settings["Prompt 2"] = _quote(params.prompt_2)
+    lines.append(", ".join(f"{key}: {value}" for key, value in settings.items() if value != ""))
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    """A1111 quotes a setting value that contains a comma or colon (json-style)."""
+    if any(c in text for c in ",:\n\""):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+_SETTING = re.compile(r'\s*([\w ][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """Parse an A1111 `parameters` text into {"Prompt": ..., "Negative prompt": ..., "Steps": ..., ...}."""
+    lines = text.strip("\n").split("\n")
+    settings_line = lines[-1] if len(lines) > 1 or "Steps:" in lines[-1] else ""
+    body = lines[:-1] if settings_line else lines
+    prompt, negative, in_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    result = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _SETTING.findall(settings_line):
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = value[1:-1].replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+        result[key.strip()] = value
+    return result
+
+
+def save_png(image: Image.Image, path: str | Path, params: GenerationParams) -> None:
+    """Save `image` as PNG with the A1111 `parameters` chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, format_parameters(params))
+    image.save(path, format="PNG", pnginfo=info)
+
+
+def read_parameters(path: str | Path) -> dict[str, str]:
+    """Read and parse the `parameters` chunk of a PNG (empty dict when there is none)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = image.info.get(PARAMETERS_KEY)
+    return parse_parameters(text) if text else {}

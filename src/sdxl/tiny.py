@@ -1,0 +1,93 @@
+"""A tiny random-weight SDXL checkpoint in the diffusers layout, written with our own code.
+
+It has the full SDXL structure (two CLIP text encoders on the real vocabulary, a UNet with micro-conditioning and
+the pooled embedding, an AutoencoderKL with 8x downsampling) at toy width, so the whole pipeline and the `sdxl`
+command run on a machine without the real weights. Its images are noise-like: it proves plumbing, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Tiny dimensions; the UNet's pooled-embedding input is addition_time_embed_dim * 6 + text_encoder_2 projection_dim.
+_TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, vocab_size=49408,
+             max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=32,
+             layer_norm_eps=1e-5)
+_UNET = dict(block_out_channels=[32, 64], layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+             down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+             attention_head_dim=[2, 4], use_linear_projection=True, addition_embed_type="text_time",
+             addition_time_embed_dim=8, transformer_layers_per_block=[1, 2], norm_num_groups=8, cross_attention_dim=64,
+             projection_class_embeddings_input_dim=8 * 6 + 32)
+# Four VAE levels: the SDXL 8x downsampling, so the default image is 32 * 8 = 256 px.
+_VAE = dict(block_out_channels=[16, 32, 64, 64], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, sample_size=256,
+            layers_per_block=1, scaling_factor=0.13025)
+# The official SDXL base scheduler_config.json.
+SDXL_SCHEDULER_CONFIG = dict(
+    _class_name="EulerDiscreteScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    num_train_timesteps=1000, prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
+    interpolation_type="linear", use_karras_sigmas=False, clip_sample=False, sample_max_value=1.0,
+    set_alpha_to_one=False, skip_prk_steps=True,
+)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _save_model(model, folder: Path, weights_name: str, class_name: str) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(model.config.to_dict(), _class_name=class_name)
+    if class_name.startswith("CLIP"):
+        config = dict(config, architectures=[class_name])
+        config.pop("_class_name")
+    _write_json(folder / "config.json", config)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / weights_name))
+
+
+def write_tiny_checkpoint(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight SDXL base checkpoint (diffusers layout) to `folder` and return its path."""
+    import torch
+
+    from sdxl.models.clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from sdxl.models.unet import UNet2DConditionModel, UNetConfig
+    from sdxl.models.vae import AutoencoderKL, VAEConfig
+    from sdxl.tokenizer import CLIPTokenizer
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} exists and is not empty; pass a new folder name")
+    torch.manual_seed(seed)
+    models = {
+        "text_encoder": (CLIPTextModel(CLIPTextConfig.from_dict(dict(_TEXT, hidden_act="quick_gelu"))),
+                         "model.safetensors", "CLIPTextModel"),
+        "text_encoder_2": (CLIPTextModelWithProjection(CLIPTextConfig.from_dict(dict(_TEXT, hidden_act="gelu"))),
+                           "model.safetensors", "CLIPTextModelWithProjection"),
+        "unet": (UNet2DConditionModel(UNetConfig.from_dict(_UNET)), "diffusion_pytorch_model.safetensors",
+                 "UNet2DConditionModel"),
+        "vae": (AutoencoderKL(VAEConfig.from_dict(_VAE)), "diffusion_pytorch_model.safetensors", "AutoencoderKL"),
+    }
+    for name, (model, weights_name, class_name) in models.items():
+        _save_model(model, folder / name, weights_name, class_name)
+    CLIPTokenizer.from_shipped_vocab(pad_token="<|endoftext|>").save_pretrained(folder / "tokenizer")
+    CLIPTokenizer.from_shipped_vocab(pad_token="!").save_pretrained(folder / "tokenizer_2")
+    _write_json(folder / "scheduler" / "scheduler_config.json", SDXL_SCHEDULER_CONFIG)
+    _write_json(
+        folder / "model_index.json",
+        {
+            "_class_name": "StableDiffusionXLPipeline",
+            "force_zeros_for_empty_prompt": True,
+            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
+    return folder

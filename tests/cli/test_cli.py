@@ -1,0 +1,121 @@
+"""The `sdxl` command end to end on a tiny checkpoint it writes itself, and its errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdxl.cli import main
+from sdxl.metadata import read_parameters
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli") / "tiny-sdxl"
+    assert main(["tiny-checkpoint", str(folder)]) == 0
+    return folder
+
+
+def test_generate_writes_png_with_a1111_parameters(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    rc = main(["generate", "a red circle on a blue background", "--model", str(tiny_checkpoint), "-o", str(out),
+               "--steps", "3", "--seed", "7", "--negative", "blurry", "--quiet"])
+    assert rc == 0
+    with Image.open(out) as image:
+        assert image.size == (256, 256)  # the UNet's sample_size (32) times the VAE's 8x
+    params = read_parameters(out)
+    assert params["Prompt"] == "a red circle on a blue background"
+    assert params["Negative prompt"] == "blurry"
+    assert (params["Steps"], params["Sampler"], params["CFG scale"], params["Seed"]) == ("3", "Euler", "5", "7")
+    assert params["Size"] == "256x256" and params["Model"] == "tiny-sdxl"
+    assert "seed 7" in capsys.readouterr().out
+
+
+def test_command_image_equals_diffusers_on_the_same_folder(tiny_checkpoint, tmp_path):
+    """diffusers loads the checkpoint we wrote, and gives the command's image for the same seed and settings."""
+    import diffusers
+
+    out = tmp_path / "ours.png"
+    args = ["generate", "a small green star", "--model", str(tiny_checkpoint), "-o", str(out), "--steps", "4",
+            "--seed", "3", "--width", "64", "--height", "96", "--guidance", "7.5", "--scheduler", "DPM++ 2M", "-q"]
+    assert main(args) == 0
+    ref = diffusers.StableDiffusionXLPipeline.from_pretrained(tiny_checkpoint, torch_dtype=torch.float32,
+                                                              add_watermarker=False)
+    ref.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(ref.scheduler.config)
+    ref.set_progress_bar_config(disable=True)
+    expected = ref("a small green star", num_inference_steps=4, guidance_scale=7.5, width=64, height=96,
+                   generator=[torch.Generator("cpu").manual_seed(3)]).images[0]
+    ours = np.asarray(Image.open(out), dtype=np.int16)
+    assert np.abs(ours - np.asarray(expected, dtype=np.int16)).max() <= 2
+
+
+def test_num_images_uses_consecutive_seeds_and_numbered_files(tiny_checkpoint, tmp_path):
+    out = tmp_path / "batch.png"
+    common = ["--model", str(tiny_checkpoint), "--steps", "2", "--width", "64", "--height", "64", "-q"]
+    assert main(["generate", "a blue square", *common, "-o", str(out), "--num-images", "2", "--seed", "10"]) == 0
+    single = tmp_path / "single.png"
+    assert main(["generate", "a blue square", *common, "-o", str(single), "--seed", "11"]) == 0
+    second = tmp_path / "batch-1.png"
+    assert read_parameters(tmp_path / "batch-0.png")["Seed"] == "10"
+    assert read_parameters(second)["Seed"] == "11"
+    # same seed, same image, alone or in a batch
+    diff = np.abs(np.asarray(Image.open(second), dtype=np.int16) - np.asarray(Image.open(single), dtype=np.int16))
+    assert diff.max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-o", "x.jpg"], "must end in .png"),
+        (["--width", "100"], "--width must be a positive multiple of 8"),
+        (["--height", "-8"], "--height must be a positive multiple of 8"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--num-images", "0"], "--num-images must be at least 1"),
+        (["--scheduler", "Euler z"], "unknown sampler 'Euler z'"),
+        (["-o", "/no/such/folder/x.png"], "folder for --output does not exist"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
+    ],
+)
+def test_usage_errors_are_one_line(tiny_checkpoint, tmp_path, capsys, extra, message):
+    args = ["generate", "x", "--model", str(tiny_checkpoint), "-o", str(tmp_path / "o.png"), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdxl: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["generate", "x", "--model", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdxl: error: ") and "nothing-here" in err
+
+
+def test_tiny_checkpoint_refuses_a_non_empty_folder(tiny_checkpoint, capsys):
+    assert main(["tiny-checkpoint", str(tiny_checkpoint)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "generate", "x", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "o.png")])
+
+
+def test_help_and_no_command(capsys):
+    assert main([]) == 2
+    assert "generate" in capsys.readouterr().out
+    result = subprocess.run([sys.executable, "-m", "sdxl.cli", "generate", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--model", "--negative", "--prompt-2", "--steps", "--guidance", "--seed", "--width", "--height",
+                 "--num-images", "--scheduler", "--dtype", "--device"):
+        assert flag in result.stdout
+
+
+def test_schedulers_lists_sampler_names(capsys):
+    assert main(["schedulers"]) == 0
+    out = capsys.readouterr().out
+    assert "DPM++ 2M Karras" in out and "EulerDiscreteScheduler" in out

@@ -1,0 +1,70 @@
+"""The A1111 `parameters` chunk: what we write is what A1111-style parsers read back."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from sdxl.metadata import format_parameters, parse_parameters, read_parameters, save_png
+from sdxl.params import GenerationParams, find_sampler
+
+
+def _params(**kw) -> GenerationParams:
+    base = dict(prompt="a cat, on a beach", negative_prompt="blurry", steps=30, sampler="DPM++ 2M Karras",
+                guidance_scale=7.5, seed=42, width=1344, height=768, model="sdxl-base")
+    return GenerationParams(**(base | kw))
+
+
+def test_format_matches_a1111_layout():
+    text = format_parameters(_params())
+    assert text == (
+        "a cat, on a beach\n"
+        "Negative prompt: blurry\n"
+        "Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 42, Size: 1344x768, Model: sdxl-base"
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        _params(),
+        _params(negative_prompt=""),
+        _params(prompt="line one\nline two", negative_prompt="neg one\nneg two"),
+        _params(prompt_2="Van Gogh painting, starry: night"),
+        _params(prompt=""),
+        _params(guidance_scale=5.0),
+    ],
+)
+def test_round_trip(params):
+    parsed = parse_parameters(format_parameters(params))
+    assert parsed["Prompt"] == params.prompt
+    assert parsed["Negative prompt"] == params.negative_prompt
+    assert parsed["Steps"] == str(params.steps)
+    assert parsed["Sampler"] == params.sampler
+    assert float(parsed["CFG scale"]) == params.guidance_scale
+    assert parsed["Seed"] == str(params.seed)
+    assert parsed["Size"] == f"{params.width}x{params.height}"
+    assert parsed.get("Prompt 2") == params.prompt_2
+
+
+def test_png_chunk_round_trip(tmp_path):
+    path = tmp_path / "x.png"
+    save_png(Image.new("RGB", (8, 8)), path, _params())
+    with Image.open(path) as image:
+        assert image.info["parameters"] == format_parameters(_params())
+    assert read_parameters(path)["Seed"] == "42"
+
+
+def test_png_without_chunk_reads_empty(tmp_path):
+    path = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(path)
+    assert read_parameters(path) == {}
+
+
+def test_unknown_sampler_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown sampler 'Euler z'.*'Euler'.*'DPM\\+\\+ 2M Karras'"):
+        find_sampler("Euler z")
+
+
+def test_sampler_lookup_is_case_insensitive():
+    assert find_sampler("dpm++ 2m karras").options["use_karras_sigmas"] is True
