@@ -123,8 +123,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict], dict[str, str
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _corrupt(path, f"the {n}-byte JSON header does not parse ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise _corrupt(path, f"the {n}-byte JSON header does not parse ({type(e).__name__}: {e})") from None
     if not isinstance(header, dict):
         raise _corrupt(path, "the JSON header is not an object")
 
@@ -271,3 +271,78 @@ def load_weights(
     if path.name.endswith(".json"):
         return load_sharded(path, dtype=dtype, device=device)
     return load_file(path, dtype=dtype, device=device)
+
+
+# ---- single checkpoint files of any format, chosen by content ------------------------------------------------------
+
+# torch.load(weights_only=True) had code-execution holes before these releases (CVE-2025-32434, CVE-2026-24747).
+MIN_TORCH_FOR_PICKLE = (2, 10)
+ALLOW_PICKLE_HINT = (
+    "If you trust the file, opt in with allow_pickle=True (CLI: --allow-pickle): sdxl then reads it with "
+    "torch.load(weights_only=True), which refuses anything but tensors and plain containers."
+)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    allow_pickle: bool = False,
+    dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """Load one checkpoint file, its format judged by content (never by its name).
+
+    safetensors: validated, memory-mapped. A PyTorch pickle (zip or raw) is refused before any unpickling unless
+    `allow_pickle=True`; then only `torch.load(weights_only=True)` on torch >= 2.10 reads it (no fallback).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint file at {path}.")
+    kind = sniff_format(path)
+    if kind == "safetensors" or kind in ("unknown", "git-lfs"):
+        return load_file(path, dtype=dtype)
+    if not allow_pickle:
+        raise PickleRefusedError(
+            f"{path} is a PyTorch pickle checkpoint ({kind} data), not safetensors; it was not unpickled, because "
+            f"unpickling can run arbitrary code. {ALLOW_PICKLE_HINT}"
+        )
+    if _torch_version() < MIN_TORCH_FOR_PICKLE:
+        raise PickleRefusedError(
+            f"{path} is a pickle and torch {torch.__version__} is installed: torch.load(weights_only=True) is only "
+            "trusted from torch 2.10 on (CVE-2025-32434, CVE-2026-24747). Upgrade torch or convert the file to "
+            "safetensors elsewhere."
+        )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
+    except Exception as e:  # noqa: BLE001  (weights_only's refusal or damage: never retried unsafely)
+        # torch's message advises weights_only=False; keep only the reason
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0] if lines else "")
+        raise PickleRefusedError(
+            f"{path}: torch.load(weights_only=True) refused or failed to read it ({type(e).__name__}: {reason}). sdxl "
+            "never falls back to weights_only=False; convert the file to safetensors with a tool you trust."
+        ) from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"{path} does not hold a state dict (a dict of tensor names to tensors).")
+    return {k: _convert(v, dtype, None) for k, v in data.items()}
+
+
+def check_finite(sd: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """ValueError naming every floating tensor of `sd` with NaN or Inf values (up to 10 named)."""
+    bad = [
+        name
+        for name, t in sd.items()
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        more = f" ... ({len(bad)} in all)" if len(bad) > 10 else ""
+        raise ValueError(
+            f"{source} has NaN or Inf values in {', '.join(bad[:10])}{more}: the weights are damaged (or were "
+            "saved after a diverged fp16 step); use another copy of the checkpoint."
+        )

@@ -232,6 +232,65 @@ class DiffusionPipeline:
         return pipe
 
     @classmethod
+    def from_single_file(
+        cls,
+        pretrained_model_link_or_path: Any,
+        *,
+        torch_dtype: torch.dtype | None = None,
+        config: Any = None,
+        allow_pickle: bool = False,
+        **kwargs: Any,
+    ) -> DiffusionPipeline:
+        """Load a pipeline from one checkpoint file in the original Stability layout (e.g. sd_xl_base_1.0.safetensors).
+
+        The model kind (base, refiner, 9-channel inpaint) is detected from the keys and shapes; `config` (a local
+        diffusers folder) gives the configs where the model is not SDXL-sized. Component keyword arguments
+        (`vae=`, `text_encoder=`, ...) complete a file that lacks them or replace them. Only safetensors load unless
+        `allow_pickle=True` (then only through `torch.load(weights_only=True)`).
+        """
+        from sdxl.loading.single_file import BASE, load_single_file_components
+
+        overrides = {name: kwargs.pop(name) for name in COMPONENT_NAMES if name in kwargs}
+        if cls is not DiffusionPipeline:
+            cls._check_options(kwargs)
+        components, info = load_single_file_components(
+            pretrained_model_link_or_path,
+            torch_dtype=torch_dtype,
+            config=config,
+            allow_pickle=allow_pickle,
+            overrides=overrides,
+        )
+        target = cls
+        if cls is DiffusionPipeline:
+            if info["kind"] != BASE:
+                raise ValueError(
+                    f"{pretrained_model_link_or_path} is an SDXL {info['kind']} checkpoint, and sdxl has no pipeline "
+                    "class for it yet; load it with StableDiffusionXLPipeline.from_single_file."
+                )
+            target = pipeline_class("StableDiffusionXLPipeline")
+            target._check_options(kwargs)
+        options = {k: v for k, v in info["options"].items() if k in target._init_options}
+        options.update(kwargs)
+        pipe = target(**{n: components.get(n) for n in target._component_names}, **options)
+        pipe.register_to_config(_name_or_path=str(pretrained_model_link_or_path))
+        return pipe
+
+    def save_single_file(self, path: Any) -> Any:
+        """Write the models as one safetensors file in the original Stability layout; returns its path."""
+        from sdxl.loading.save import save_single_file
+
+        return save_single_file(self.components, path)
+
+    def save_pretrained(self, save_directory: Any, variant: str | None = None) -> Any:
+        """Write the diffusers folder layout (model_index.json, one subfolder per component); returns the folder."""
+        from sdxl.loading.save import save_pretrained
+
+        options = {k: v for k, v in self.config.items() if k in self._init_options}
+        return save_pretrained(
+            self.components, save_directory, class_name=type(self).__name__, options=options, variant=variant
+        )
+
+    @classmethod
     def _check_options(cls, options: dict[str, Any]) -> None:
         unknown = sorted(set(options) - set(cls._init_options))
         if unknown:

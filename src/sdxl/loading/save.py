@@ -1,0 +1,119 @@
+"""Write pipeline components: one original-layout file (`save_single_file`) or a diffusers folder (`save_pretrained`).
+
+Both take a `{name: component}` dict (a pipeline's `.components`), so the `sdxl convert` command and the pipeline
+methods share them. The single file is the exact inverse of single_file.py's loading (same key tables).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdxl.loading import keymaps
+from sdxl.loading.diffusers import add_variant
+from sdxl.loading.single_file import CLIP_G, CLIP_G_REFINER, CLIP_L, UNET, VAE, key_table
+
+logger = logging.getLogger(__name__)
+
+MODEL_LIBRARY = {
+    "UNet2DConditionModel": "diffusers",
+    "AutoencoderKL": "diffusers",
+    "CLIPTextModel": "transformers",
+    "CLIPTextModelWithProjection": "transformers",
+}
+
+
+def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def original_state_dict(components: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The original Stability single-file state dict of the models in `components` (refiner layout when there is
+    a text_encoder_2 but no text_encoder)."""
+    if components.get("unet") is None:
+        raise ValueError("A single file needs the unet; the components have none.")
+    refiner = components.get("text_encoder") is None and components.get("text_encoder_2") is not None
+    out: dict[str, torch.Tensor] = {}
+    for part in (UNET, VAE, CLIP_L, CLIP_G_REFINER if refiner else CLIP_G):
+        model = components.get(part.name)
+        if model is None:
+            continue
+        out.update(keymaps.to_original(_state_dict(model), key_table(part, model.config)))
+    return out
+
+
+def save_single_file(components: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write the models of `components` as one safetensors file in the original Stability layout."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; save_single_file writes one .safetensors file (give a file name).")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"The folder for {path} does not exist; create {path.parent} first.")
+    save_file(original_state_dict(components), str(path), metadata={"format": "pt"})
+    logger.info("Wrote %s", path)
+    return path
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _model_class_name(model: Any) -> str:
+    for klass in type(model).__mro__:
+        if klass.__name__ in MODEL_LIBRARY:
+            return klass.__name__
+    raise TypeError(f"save_pretrained cannot write a {type(model).__name__}; it writes {sorted(MODEL_LIBRARY)}.")
+
+
+def save_pretrained(
+    components: dict[str, Any],
+    folder: str | os.PathLike,
+    *,
+    class_name: str = "StableDiffusionXLPipeline",
+    options: dict[str, Any] | None = None,
+    variant: str | None = None,
+) -> Path:
+    """Write a diffusers-layout pipeline folder: model_index.json and one subfolder per component."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(f"{folder} is a file; save_pretrained writes a folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"_class_name": class_name, **(options or {})}
+    for name, component in components.items():
+        sub = folder / name
+        if component is None:
+            index[name] = [None, None]
+        elif isinstance(component, torch.nn.Module):
+            cls = _model_class_name(component)
+            config = dict(component.config.to_dict())
+            if MODEL_LIBRARY[cls] == "transformers":
+                config.pop("_class_name", None)
+                config["architectures"] = [cls]
+                weights = "model.safetensors"
+            else:
+                config["_class_name"] = cls
+                weights = "diffusion_pytorch_model.safetensors"
+            _write_json(sub / "config.json", config)
+            save_file(_state_dict(component), str(sub / add_variant(weights, variant)), metadata={"format": "pt"})
+            index[name] = [MODEL_LIBRARY[cls], cls]
+        elif hasattr(component, "save_pretrained") and not hasattr(component, "step"):
+            component.save_pretrained(sub)
+            index[name] = ["transformers", "CLIPTokenizer"]
+        elif hasattr(component, "config") and hasattr(component.config, "to_json_dict"):
+            _write_json(sub / "scheduler_config.json", component.config.to_json_dict())
+            index[name] = ["diffusers", type(component).__name__]
+        else:
+            raise TypeError(f"save_pretrained cannot write component {name!r} of type {type(component).__name__}.")
+    _write_json(folder / "model_index.json", index)
+    logger.info("Wrote %s", folder)
+    return folder
