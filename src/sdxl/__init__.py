@@ -20,13 +20,25 @@ _LAZY = {
     "CLIPTokenizer": "sdxl.tokenizer",
     # schedulers
     "EulerDiscreteScheduler": "sdxl.schedulers.euler",
+    "EulerAncestralDiscreteScheduler": "sdxl.schedulers.euler_ancestral",
+    "HeunDiscreteScheduler": "sdxl.schedulers.heun",
+    "KDPM2DiscreteScheduler": "sdxl.schedulers.kdpm2",
+    "KDPM2AncestralDiscreteScheduler": "sdxl.schedulers.kdpm2",
+    "LMSDiscreteScheduler": "sdxl.schedulers.lms",
+    "DPMSolverSDEScheduler": "sdxl.schedulers.dpm_sde",
     "DPMSolverMultistepScheduler": "sdxl.schedulers.dpm_multistep",
+    "DPMSolverSinglestepScheduler": "sdxl.schedulers.dpm_singlestep",
+    "DDIMScheduler": "sdxl.schedulers.ddim",
+    "DDPMScheduler": "sdxl.schedulers.ddpm",
+    "PNDMScheduler": "sdxl.schedulers.pndm",
+    "UniPCMultistepScheduler": "sdxl.schedulers.unipc",
+    "DEISMultistepScheduler": "sdxl.schedulers.deis",
     # pipelines
     "DiffusionPipeline": "sdxl.pipelines.base",
     "StableDiffusionXLPipeline": "sdxl.pipelines.text2img",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [*sorted(_LAZY), "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,17 +14,44 @@ class Sampler:
     options: dict = field(default_factory=dict)
 
 
-# Names as AUTOMATIC1111 writes them in its `parameters` text. Later issues extend this table.
+_KARRAS = {"use_karras_sigmas": True}
+_DPM_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+_DPM_2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+_DPM_2S = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+
+# Names as AUTOMATIC1111 writes them in its `parameters` text, mapped as diffusers' scheduler overview does
+# ("A1111/k-diffusion -> Diffusers"). A1111's "DPM++ 2S a" has no exact diffusers equivalent (it is ancestral);
+# DPMSolverSinglestepScheduler, the closest, is listed as "DPM++ 2S". "PLMS" is PNDM without Runge-Kutta warm-up,
+# as the Stable Diffusion configs use it. DDPM and DEIS have no A1111 sampler; they keep their usual names.
 SAMPLERS: dict[str, Sampler] = {
     s.name.lower(): s
     for s in (
         Sampler("Euler", "EulerDiscreteScheduler"),
-        Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        Sampler("Euler a", "EulerAncestralDiscreteScheduler"),
+        Sampler("Heun", "HeunDiscreteScheduler"),
+        Sampler("LMS", "LMSDiscreteScheduler"),
+        Sampler("LMS Karras", "LMSDiscreteScheduler", {**_KARRAS}),
+        Sampler("DPM2", "KDPM2DiscreteScheduler"),
+        Sampler("DPM2 Karras", "KDPM2DiscreteScheduler", {**_KARRAS}),
+        Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler"),
+        Sampler("DPM2 a Karras", "KDPM2AncestralDiscreteScheduler", {**_KARRAS}),
+        Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {**_DPM_2M}),
+        Sampler("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {**_DPM_2M, **_KARRAS}),
+        # before plain "DPM++ 2M SDE": the first entry whose options a config has names it in PNG metadata
         Sampler(
-            "DPM++ 2M Karras",
-            "DPMSolverMultistepScheduler",
-            {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+            "DPM++ 2M SDE Exponential", "DPMSolverMultistepScheduler", {**_DPM_2M_SDE, "use_exponential_sigmas": True}
         ),
+        Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {**_DPM_2M_SDE}),
+        Sampler("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler", {**_DPM_2M_SDE, **_KARRAS}),
+        Sampler("DPM++ 2S", "DPMSolverSinglestepScheduler", {**_DPM_2S}),
+        Sampler("DPM++ 2S Karras", "DPMSolverSinglestepScheduler", {**_DPM_2S, **_KARRAS}),
+        Sampler("DPM++ SDE", "DPMSolverSDEScheduler"),
+        Sampler("DPM++ SDE Karras", "DPMSolverSDEScheduler", {**_KARRAS}),
+        Sampler("DDIM", "DDIMScheduler"),
+        Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
+        Sampler("UniPC", "UniPCMultistepScheduler"),
+        Sampler("DDPM", "DDPMScheduler"),
+        Sampler("DEIS", "DEISMultistepScheduler"),
     )
 }
 

@@ -8,7 +8,7 @@ import re
 import diffusers
 import pytest
 import torch
-from conftest import (
+from scheduler_helpers import (
     SDXL,
     STEP_COUNTS,
     assert_loops_match,

@@ -7,7 +7,7 @@ import itertools
 import diffusers
 import pytest
 import torch
-from conftest import (
+from scheduler_helpers import (
     SDXL,
     STEP_COUNTS,
     assert_loops_match,

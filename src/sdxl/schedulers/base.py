@@ -48,6 +48,18 @@ KARRAS_SCHEDULERS: tuple[str, ...] = (
 _MODULES: dict[str, str] = {
     "EulerDiscreteScheduler": "sdxl.schedulers.euler",
     "DPMSolverMultistepScheduler": "sdxl.schedulers.dpm_multistep",
+    "DDIMScheduler": "sdxl.schedulers.ddim",
+    "DDPMScheduler": "sdxl.schedulers.ddpm",
+    "PNDMScheduler": "sdxl.schedulers.pndm",
+    "DPMSolverSinglestepScheduler": "sdxl.schedulers.dpm_singlestep",
+    "DEISMultistepScheduler": "sdxl.schedulers.deis",
+    "UniPCMultistepScheduler": "sdxl.schedulers.unipc",
+    "EulerAncestralDiscreteScheduler": "sdxl.schedulers.euler_ancestral",
+    "HeunDiscreteScheduler": "sdxl.schedulers.heun",
+    "KDPM2DiscreteScheduler": "sdxl.schedulers.kdpm2",
+    "KDPM2AncestralDiscreteScheduler": "sdxl.schedulers.kdpm2",
+    "LMSDiscreteScheduler": "sdxl.schedulers.lms",
+    "DPMSolverSDEScheduler": "sdxl.schedulers.dpm_sde",
 }
 _CLASSES: dict[str, type[Scheduler]] = {}  # filled by Scheduler.__init_subclass__
 
