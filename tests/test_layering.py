@@ -19,7 +19,7 @@ ALLOWED = {
     "tokenizer": set(),
     "prompts": {"prompts", "models", "tokenizer"},
     "loading": {"loading", "models", "tokenizer", "schedulers"},
-    "pipelines": {"pipelines", "models", "prompts", "schedulers", "loading", "tokenizer", "image", "runtime"},
+    "pipelines": {"pipelines", "models", "prompts", "schedulers", "loading", "tokenizer", "image", "runtime", "watermark"},
 }
 
 

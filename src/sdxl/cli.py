@@ -66,6 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="sampler name, e.g. 'Euler' or 'DPM++ 2M Karras' (see `sdxl schedulers`; default: the model's)",
     )
+    gen.add_argument(
+        "--prompt-syntax",
+        choices=("none", "a1111", "compel"),
+        default="none",
+        help="prompt weighting: a1111 = (word:1.2), (word), [word]; compel = word+, (words)1.2, word--; "
+        "none = the text as is (default)",
+    )
+    gen.add_argument(
+        "--long-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="encode prompts past 77 tokens in windows instead of truncating them (default: on)",
+    )
     gen.add_argument("--dtype", choices=DTYPES, default="auto", help="auto = float16 on GPU, float32 on CPU")
     gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (default: auto)")
     gen.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -193,6 +206,8 @@ def _generate(args: argparse.Namespace) -> int:
         height=args.height,
         num_images_per_prompt=args.num_images,
         generator=generators,
+        prompt_syntax=None if args.prompt_syntax == "none" else args.prompt_syntax,
+        long_prompts=args.long_prompts,
     )
 
     from sdxl.metadata import save_png

@@ -119,3 +119,21 @@ def test_schedulers_lists_sampler_names(capsys):
     assert main(["schedulers"]) == 0
     out = capsys.readouterr().out
     assert "DPM++ 2M Karras" in out and "EulerDiscreteScheduler" in out
+
+
+def test_prompt_syntax_and_long_prompts_reach_the_pipeline(tiny_checkpoint, tmp_path):
+    """--prompt-syntax a1111 weights `(word:1.5)`; --no-long-prompts truncates a prompt past 77 tokens."""
+    common = ["--model", str(tiny_checkpoint), "--steps", "2", "--width", "64", "--height", "64", "--seed", "1", "-q"]
+
+    def image(name, prompt, *flags):
+        out = tmp_path / f"{name}.png"
+        assert main(["generate", prompt, *common, "-o", str(out), *flags]) == 0
+        return np.asarray(Image.open(out), dtype=np.int16)
+
+    plain = image("plain", "a (red:1.5) circle")
+    weighted = image("weighted", "a (red:1.5) circle", "--prompt-syntax", "a1111")
+    assert np.abs(plain - weighted).max() > 2
+    long_prompt = "a red circle, " * 30 + "on a green background"
+    windows = image("long", long_prompt)
+    truncated = image("truncated", long_prompt, "--no-long-prompts")
+    assert np.abs(windows - truncated).max() > 2

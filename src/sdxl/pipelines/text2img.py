@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from sdxl.image import VaeImageProcessor, check_output_type, postprocess
+from sdxl.watermark import StableDiffusionXLWatermarker, is_watermark_available
+from sdxl.loading.weights import load_file
 from sdxl.pipelines.base import DiffusionPipeline, PipelineOutput
 from sdxl.pipelines.denoise import (
     CALLBACK_TENSOR_INPUTS,
@@ -23,10 +27,29 @@ from sdxl.pipelines.denoise import (
     scheduler_step_kwargs,
     steps_before_denoising_end,
 )
+from sdxl.prompts.embeddings import add_textual_inversion
 from sdxl.prompts.encode import check_prompt_inputs, encode_prompt, prompt_batch_size
 from sdxl.prompts.micro import base_time_ids, time_ids_tensor
+from sdxl.prompts.weighting import parser_for
 
 logger = logging.getLogger(__name__)
+
+
+def _read_embedding(source: Any, weight_name: str | None) -> Any:
+    """A tensor/dict as it is; a file or folder through the safetensors-only loader."""
+    if isinstance(source, (torch.Tensor, dict)):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"A textual inversion must be a path, a state dict or a tensor, got {type(source).__name__}.")
+    path = Path(source)
+    if path.is_dir():
+        path = path / (weight_name or "learned_embeds.safetensors")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No textual inversion file at {path}: pass a local .safetensors file or a folder holding "
+            "learned_embeds.safetensors (hub ids are not downloaded here)."
+        )
+    return load_file(path)
 
 
 @dataclass
@@ -42,8 +65,8 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
     `prompt_embeds` are passed.
 
     `force_zeros_for_empty_prompt` (model_index.json; default True): with no negative prompt, the negative
-    conditioning is zeros rather than the encoded "". `add_watermarker` is accepted for compatibility, but no
-    invisible watermark is applied yet.
+    conditioning is zeros rather than the encoded "". `add_watermarker` (default: whether the optional
+    `invisible-watermark` package is installed) marks every decoded image with SDXL's 48-bit watermark.
     """
 
     _component_names = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
@@ -68,9 +91,11 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
             tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
         )
         self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
-        if add_watermarker:
-            logger.warning("add_watermarker=True: sdxl does not apply the invisible watermark yet; images are unmarked.")
-        self.watermark = None
+        # As diffusers: on by default when invisible-watermark is installed; True without it is an ImportError
+        # (at the first image) that says what to install.
+        if add_watermarker is None:
+            add_watermarker = is_watermark_available()
+        self.watermark = StableDiffusionXLWatermarker() if add_watermarker else None
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.default_sample_size = getattr(unet.config, "sample_size", 128) if unet is not None else 128
@@ -126,9 +151,12 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
         lora_scale: float | None = None,
         clip_skip: int | None = None,
+        prompt_syntax: str | None = None,
+        long_prompts: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
         """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds), as
-        diffusers' method of the same name (see `sdxl.prompts.encode.encode_prompt`)."""
+        diffusers' method of the same name (see `sdxl.prompts.encode.encode_prompt`); `prompt_syntax` and
+        `long_prompts` as in `__call__`."""
         if lora_scale is not None:
             raise ValueError("`lora_scale` is not supported yet: sdxl has no LoRA support.")
         return encode_prompt(
@@ -140,8 +168,43 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             clip_skip=clip_skip, force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
-            dtype=self.unet.dtype,
+            dtype=self.unet.dtype, prompt_syntax=prompt_syntax, long_prompts=long_prompts,
         )
+
+    def load_textual_inversion(
+        self,
+        pretrained_model_name_or_path: Any,
+        token: str | list[str] | None = None,
+        tokenizer: Any = None,
+        text_encoder: Any = None,
+        weight_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Add textual-inversion token(s), as diffusers' method: a .safetensors file, a folder holding
+        `learned_embeds.safetensors` (or `weight_name`), a state dict or a tensor, or a list of them with a list of
+        tokens. `tokenizer`/`text_encoder` default to the first pair; for SDXL files call it twice, with
+        `state_dict["clip_g"]` and `text_encoder_2`/`tokenizer_2`, then `state_dict["clip_l"]` and the first pair.
+        Only safetensors files are read."""
+        if kwargs:
+            raise ValueError(f"load_textual_inversion: unsupported arguments {sorted(kwargs)} (files are local only).")
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        text_encoder = text_encoder if text_encoder is not None else self.text_encoder
+        if tokenizer is None or text_encoder is None:
+            raise ValueError(
+                "load_textual_inversion needs a tokenizer and a text encoder: this pipeline has none by default, pass "
+                "`tokenizer=` and `text_encoder=`."
+            )
+        sources = pretrained_model_name_or_path if isinstance(pretrained_model_name_or_path, list) else [
+            pretrained_model_name_or_path
+        ]
+        tokens = token if isinstance(token, list) else [token] * len(sources)
+        if len(tokens) != len(sources):
+            raise ValueError(f"Got {len(sources)} embeddings but {len(tokens)} tokens: pass one token per embedding.")
+        named = [t for t in tokens if t is not None]
+        if len(set(named)) < len(named):
+            raise ValueError(f"The tokens {tokens} contain duplicates: give each embedding its own token.")
+        for source, name in zip(sources, tokens):
+            add_textual_inversion(tokenizer, text_encoder, _read_embedding(source, weight_name), token=name)
 
     def prepare_latents(
         self,
@@ -175,9 +238,14 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str],
         denoising_end: float | None,
+        prompt_syntax: str | None = None,
+        long_prompts: bool = False,
         **prompt_inputs: Any,
     ) -> None:
         """ValueError/TypeError for everything the call cannot run with, before any work is done."""
+        parser_for(prompt_syntax)
+        if not isinstance(long_prompts, bool):
+            raise TypeError(f"`long_prompts` must be True or False, but got {long_prompts!r}.")
         if height % 8 != 0 or width % 8 != 0:
             raise ValueError(f"`height` and `width` must be divisible by 8, but are {height} and {width}.")
         if not is_positive_int(num_images_per_prompt):
@@ -229,6 +297,8 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         clip_skip: int | None = None,
         callback_on_step_end: Callable[..., dict[str, torch.Tensor] | None] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        prompt_syntax: str | None = None,
+        long_prompts: bool = False,
     ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
         """Generate images from text; arguments, defaults and results as diffusers' `StableDiffusionXLPipeline`.
 
@@ -236,6 +306,10 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         `denoising_end` must be a float strictly inside (0, 1) (diffusers silently ignores other values).
         Negative micro-conditioning applies only when both `negative_original_size` and `negative_target_size` are
         given, as in diffusers.
+
+        Not in diffusers: `prompt_syntax` "compel" (`word+`, `(words)1.2`, `word--`) or "a1111" (`(word:1.2)`,
+        `(word)`, `[word]`) weights parts of the prompts with compel's formula (None: plain text, diffusers'
+        encoding); `long_prompts=True` encodes prompts past 77 tokens in 77-token windows instead of truncating them.
         """
         # a diffusers-style callback object carries the tensor names it wants
         callback_on_step_end_tensor_inputs = getattr(
@@ -250,6 +324,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         # 1. check inputs
         self.check_inputs(
             height, width, num_images_per_prompt, output_type, callback_on_step_end_tensor_inputs, denoising_end,
+            prompt_syntax=prompt_syntax, long_prompts=long_prompts,
             prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
@@ -275,6 +350,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
             prompt, prompt_2, device, num_images_per_prompt, self.do_classifier_free_guidance,
             negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
             pooled_prompt_embeds, negative_pooled_prompt_embeds, clip_skip=clip_skip,
+            prompt_syntax=prompt_syntax, long_prompts=long_prompts,
         )
 
         # 4. initial noise, in the prompt dtype (the pipeline's)
@@ -321,7 +397,13 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         )
 
         # 7. decode and convert
-        image = latents if output_type == "latent" else postprocess(decode_latents(self.vae, latents), output_type)
+        if output_type == "latent":
+            image = latents
+        else:
+            image = decode_latents(self.vae, latents)
+            if self.watermark is not None:
+                image = self.watermark.apply_watermark(image)
+            image = postprocess(image, output_type)
         if not return_dict:
             return (image,)
         return StableDiffusionXLPipelineOutput(images=image)

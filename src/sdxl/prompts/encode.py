@@ -7,6 +7,10 @@ Behaviour follows diffusers' `StableDiffusionXLPipeline.encode_prompt` (0.42):
 - `prompt_2` / `negative_prompt_2` fall back to `prompt` / `negative_prompt` when None or "";
 - with `force_zeros_for_empty_prompt` and no `negative_prompt`, the negatives are zeros, not the encoded "";
 - a refiner has no text_encoder/tokenizer: only encoder 2 is used, and `prompt_2` is never read.
+
+Opt-in extensions (not in diffusers): `prompt_syntax` ("compel" or "a1111") weights parts of the prompt, and
+`long_prompts=True` encodes prompts past 77 tokens in BOS/EOS-wrapped windows, with compel's formulas
+(`sdxl.prompts.weighted`); positives and negatives are then padded to one length with the empty prompt's windows.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import logging
 from typing import Any
 
 import torch
+
+from sdxl.prompts.embeddings import expand_multi_vector_tokens
+from sdxl.prompts.weighted import empty_embedding, pad_to_same_length, weighted_embedding
+from sdxl.prompts.weighting import parser_for
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +113,7 @@ def _encode(
     `max_length` None means the tokenizer's own `model_max_length` (77).
     """
     max_length = tokenizer.model_max_length if max_length is None else max_length
+    texts = [expand_multi_vector_tokens(t, tokenizer) for t in texts]  # multi-vector textual inversions
     ids = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt").input_ids
     untruncated = tokenizer(texts, padding="longest", return_tensors="pt").input_ids
     if untruncated.shape[-1] > ids.shape[-1]:
@@ -132,6 +141,44 @@ def _encode_pair(
     return torch.cat(hidden_states, dim=-1), pooled
 
 
+def _pooled_text(text: str, syntax: str | None) -> str:
+    """The text the pooled vector reads: compel reads the raw prompt (syntax included); A1111 the text without it."""
+    if syntax == "a1111":
+        return "".join(fragment for fragment, _ in parser_for(syntax)(text))
+    return text
+
+
+def _empty_row(encoders: list[tuple[Any, Any]], clip_skip: int | None) -> torch.Tensor:
+    """(1, 77, sum D): the empty prompt's window, every encoder's features concatenated."""
+    return torch.cat([empty_embedding(t, e, clip_skip) for t, e in encoders], dim=-1)
+
+
+def _encode_weighted(
+    encoders: list[tuple[Any, Any]], texts: list[list[str]], syntax: str | None, truncate: bool, clip_skip: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(B, 77 * windows, sum D) weighted/long context, (B, P) pooled, and the (1, 77, sum D) empty window.
+
+    Rows of the batch (and the encoders' outputs, when prompt_2 differs in length) are padded to one length with
+    the empty prompt's windows.
+    """
+    parse = parser_for(syntax)
+    texts = texts[: len(encoders)]  # a refiner (one encoder) reads `prompt` only, as diffusers
+    empties = [empty_embedding(t, e, clip_skip) for t, e in encoders]
+    rows = []
+    for b in range(len(texts[0])):
+        per_encoder = [
+            weighted_embedding(t, e, parse(expand_multi_vector_tokens(batch[b], t)), truncate, clip_skip, empty)
+            for (t, e), batch, empty in zip(encoders, texts, empties)
+        ]
+        rows.append(torch.cat(pad_to_same_length(per_encoder, empties), dim=-1))  # (1, L, sum D)
+    empty = torch.cat(empties, dim=-1)
+    context = torch.cat(pad_to_same_length(rows, [empty] * len(rows)), dim=0)
+    # the pooled vector comes from the encoder with a projection (text_encoder_2, always last)
+    tokenizer_2, text_encoder_2 = encoders[-1]
+    _, pooled = _encode(tokenizer_2, text_encoder_2, [_pooled_text(t, syntax) for t in texts[-1]], None, None)
+    return context, pooled, empty
+
+
 def _as_batch(text: str | list[str], batch_size: int) -> list[str]:
     return [text] * batch_size if isinstance(text, str) else text
 
@@ -156,8 +203,13 @@ def encode_prompt(
     clip_skip: int | None = None,
     force_zeros_for_empty_prompt: bool = True,
     dtype: torch.dtype | None = None,
+    prompt_syntax: str | None = None,
+    long_prompts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds).
+
+    `prompt_syntax` ("compel", "a1111" or None) and `long_prompts` switch to the weighted encoder
+    (`sdxl.prompts.weighted`); with both at their defaults the result is diffusers' exactly.
 
     Each is repeated `num_images_per_prompt` times per prompt (rows of one prompt are adjacent), cast to
     text_encoder_2's dtype (or `dtype`, the UNet's, when there is no text_encoder_2) and moved to `device`.
@@ -170,9 +222,14 @@ def encode_prompt(
     if tokenizer is not None and text_encoder is not None:
         encoders.insert(0, (tokenizer, text_encoder))
 
+    weighted = prompt_syntax is not None or long_prompts
+    parser_for(prompt_syntax)  # a bad syntax name fails before any encoding
     if prompt_embeds is None:
         texts = [prompt, _as_batch(prompt_2 or prompt, batch_size)]
-        prompt_embeds, pooled = _encode_pair(encoders, texts, None, clip_skip)
+        if weighted:
+            prompt_embeds, pooled, _ = _encode_weighted(encoders, texts, prompt_syntax, not long_prompts, clip_skip)
+        else:
+            prompt_embeds, pooled = _encode_pair(encoders, texts, None, clip_skip)
         pooled_prompt_embeds = pooled if pooled_prompt_embeds is None else pooled_prompt_embeds
 
     if do_classifier_free_guidance and negative_prompt_embeds is None:
@@ -183,7 +240,17 @@ def encode_prompt(
             negative_prompt = negative_prompt or ""
             negative_prompt_2 = negative_prompt_2 or negative_prompt
             texts = [_as_batch(negative_prompt, batch_size), _as_batch(negative_prompt_2, batch_size)]
-            negative_prompt_embeds, pooled = _encode_pair(encoders, texts, prompt_embeds.shape[1], clip_skip=None)
+            if weighted:
+                negative_prompt_embeds, pooled, empty = _encode_weighted(
+                    encoders, texts, prompt_syntax, not long_prompts, clip_skip=None
+                )
+                if prompt_embeds.shape[1] != negative_prompt_embeds.shape[1]:
+                    # one sequence length for both sides of guidance: pad the shorter with the empty prompt
+                    prompt_embeds, negative_prompt_embeds = pad_to_same_length(
+                        [prompt_embeds, negative_prompt_embeds], [_empty_row(encoders, clip_skip), empty]
+                    )
+            else:
+                negative_prompt_embeds, pooled = _encode_pair(encoders, texts, prompt_embeds.shape[1], clip_skip=None)
             if negative_pooled_prompt_embeds is None:
                 negative_pooled_prompt_embeds = pooled
 
