@@ -14,12 +14,12 @@ FORBIDDEN = {"diffusers", "transformers", "compel"}
 
 # package -> top-level sdxl subpackages it may import (STYLE.md section 5)
 ALLOWED = {
-    "models": {"models"},
-    "schedulers": {"schedulers"},
+    "models": {"models", "noise"},
+    "schedulers": {"schedulers", "noise"},
     "tokenizer": set(),
     "prompts": {"prompts", "models", "tokenizer"},
     "loading": {"loading", "models", "tokenizer", "schedulers"},
-    "pipelines": {"pipelines", "models", "prompts", "schedulers", "loading", "tokenizer", "image", "runtime", "watermark"},
+    "pipelines": {"pipelines", "noise", "models", "prompts", "schedulers", "loading", "tokenizer", "image", "runtime", "watermark"},
 }
 
 

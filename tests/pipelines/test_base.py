@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 
 import pytest
 import torch
 
 import sdxl
+from sdxl.watermark import StableDiffusionXLWatermarker
 from sdxl.pipelines.base import PipelineOutput
 
 
@@ -42,15 +42,14 @@ def test_components_given_are_used_as_they_are(ours, tiny_base):
     assert pipe.text_encoder is None and pipe.tokenizer is None and pipe.unet is not ours.unet
 
 
-def test_options_from_model_index_and_kwargs(tiny_base, caplog):
+def test_options_from_model_index_and_kwargs(tiny_base):
     pipe = sdxl.StableDiffusionXLPipeline.from_pretrained(tiny_base[0])
     assert pipe.config.force_zeros_for_empty_prompt is True  # model_index.json says so
-    with caplog.at_level(logging.WARNING):
-        pipe = sdxl.StableDiffusionXLPipeline.from_pretrained(
-            tiny_base[0], force_zeros_for_empty_prompt=False, add_watermarker=True
-        )
+    pipe = sdxl.StableDiffusionXLPipeline.from_pretrained(
+        tiny_base[0], force_zeros_for_empty_prompt=False, add_watermarker=True
+    )
     assert pipe.config.force_zeros_for_empty_prompt is False
-    assert "does not apply the invisible watermark" in caplog.text and pipe.watermark is None
+    assert isinstance(pipe.watermark, StableDiffusionXLWatermarker)
 
 
 def test_unknown_from_pretrained_argument(tiny_base):

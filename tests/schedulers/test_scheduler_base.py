@@ -16,7 +16,8 @@ from diffusers.utils.torch_utils import randn_tensor as reference_randn
 
 import sdxl
 from sdxl.schedulers import base, sigmas
-from sdxl.schedulers.base import SchedulerOutput, randn_tensor, scheduler_class
+from sdxl.noise import randn_tensor
+from sdxl.schedulers.base import SchedulerOutput, scheduler_class
 from sdxl.schedulers.dpm_multistep import DPMSolverMultistepScheduler
 from sdxl.schedulers.euler import EulerDiscreteScheduler
 
@@ -290,7 +291,7 @@ def test_randn_tensor_errors():
     class CudaGenerator:
         device = torch.device("cuda")
 
-    with pytest.raises(ValueError, match="cannot draw a cpu tensor from a cuda generator"):
+    with pytest.raises(ValueError, match="Cannot draw noise for a cpu tensor from a cuda generator"):
         randn_tensor((3, 4), CudaGenerator(), "cpu")
 
 

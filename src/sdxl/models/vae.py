@@ -19,6 +19,8 @@ from torch import nn
 
 from .attention import Attention
 from .base import ConfiguredModel
+from sdxl.noise import randn_tensor
+
 from .layers import Downsample2D, ModelOutput, ResnetBlock2D, Upsample2D, config_from_dict, config_to_dict
 
 _CLASS_NAME = "AutoencoderKL"
@@ -96,27 +98,6 @@ class VAEConfig:
         )
 
 
-def _randn(
-    shape: tuple[int, ...],
-    generator: torch.Generator | list[torch.Generator] | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Standard normal noise drawn exactly as diffusers' `randn_tensor`: on a CPU generator's device (then moved),
-    one draw per batch row for a list of generators."""
-    gens = generator if isinstance(generator, list) else [generator]
-    gen_device = gens[0].device if gens[0] is not None else device
-    if gen_device.type != device.type and gen_device.type != "cpu":
-        raise ValueError(f"cannot draw a {device} tensor from a generator on {gen_device}: use a CPU generator")
-    rand_device = gen_device if gens[0] is not None else device
-    if len(gens) == 1:
-        return torch.randn(shape, generator=gens[0], device=rand_device, dtype=dtype).to(device)
-    if len(gens) != shape[0]:
-        raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}: give one per image")
-    rows = [torch.randn((1, *shape[1:]), generator=g, device=rand_device, dtype=dtype) for g in gens]
-    return torch.cat(rows, dim=0).to(device)
-
-
 class DiagonalGaussianDistribution:
     """The encoder's posterior: mean and log-variance (clamped to [-30, 20]) from the moments' two halves."""
 
@@ -129,7 +110,7 @@ class DiagonalGaussianDistribution:
 
     def sample(self, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
         """mean + std * noise, the noise drawn in the parameters' dtype as diffusers does."""
-        noise = _randn(tuple(self.mean.shape), generator, self.parameters.device, self.parameters.dtype)
+        noise = randn_tensor(tuple(self.mean.shape), generator, self.parameters.device, self.parameters.dtype)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:

@@ -24,37 +24,11 @@ from typing import Any
 
 import torch
 
+from sdxl.noise import Generator, randn_tensor
+
 # Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL text2img).
 CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
 
-Generator = torch.Generator | list[torch.Generator] | None
-
-
-def randn_tensor(
-    shape: Sequence[int], generator: Generator, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """Standard-normal noise exactly as diffusers' `randn_tensor` draws it, so a seed gives the same image.
-
-    Drawn in `dtype` on the generator's device (a CPU generator draws on the CPU, then the result moves to
-    `device`); a list of generators draws one batch row from each, in order.
-    """
-    device = torch.device(device)
-    rand_device = device
-    if generator is not None:
-        gen_type = (generator[0] if isinstance(generator, list) else generator).device.type
-        if gen_type != device.type and gen_type == "cpu":
-            rand_device = torch.device("cpu")
-        elif gen_type != device.type:
-            raise ValueError(
-                f"Cannot draw noise for a {device.type} tensor from a {gen_type} generator: use a CPU generator "
-                f"(portable) or one on {device.type}."
-            )
-    if isinstance(generator, list) and len(generator) == 1:
-        generator = generator[0]
-    if isinstance(generator, list):
-        rows = [torch.randn((1, *shape[1:]), generator=g, device=rand_device, dtype=dtype) for g in generator]
-        return torch.cat(rows, dim=0).to(device)
-    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
 
 
 def prepare_latents(

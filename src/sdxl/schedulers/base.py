@@ -240,36 +240,6 @@ class SchedulerOutput:
         return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
 
 
-def randn_tensor(
-    shape: Sequence[int],
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Standard normal noise with diffusers' randn_tensor semantics, so one seed gives the same noise in both.
-
-    A CPU generator draws on the CPU and the result is moved to `device`; a list of generators draws one batch
-    item from each.
-    """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    rand_device = device
-    if generator is not None:
-        gen_type = (generator[0] if isinstance(generator, list) else generator).device.type
-        if gen_type != device.type and gen_type == "cpu":
-            rand_device = torch.device("cpu")
-        elif gen_type != device.type:
-            raise ValueError(f"cannot draw a {device.type} tensor from a {gen_type} generator; use a CPU generator")
-    if isinstance(generator, list) and len(generator) == 1:
-        generator = generator[0]
-    if isinstance(generator, list):
-        if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per batch item")
-        item_shape = (1, *shape[1:])
-        noise = [torch.randn(item_shape, generator=g, device=rand_device, dtype=dtype) for g in generator]
-        return torch.cat(noise, dim=0).to(device)
-    return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
-
-
 class Scheduler:
     """Base of every scheduler: diffusers' scheduler API over a frozen `SchedulerConfig`.
 

@@ -15,7 +15,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput, randn_tensor
+from sdxl.noise import randn_tensor
+from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.dpm_multistep import threshold_sample
 from sdxl.schedulers.sigmas import TIMESTEP_SPACINGS, make_betas, rescale_zero_terminal_snr, spaced_timesteps
 

@@ -13,7 +13,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput, randn_tensor
+from sdxl.noise import randn_tensor
+from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.ddim import discrete_timesteps, reset_vp_schedule, vp_add_noise, vp_get_velocity
 from sdxl.schedulers.dpm_multistep import threshold_sample
 from sdxl.schedulers.sigmas import TIMESTEP_SPACINGS

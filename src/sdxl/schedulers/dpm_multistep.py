@@ -13,7 +13,8 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import torch
 
-from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput, randn_tensor
+from sdxl.noise import randn_tensor
+from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.sigmas import (
     TIMESTEP_SPACINGS,
     interp_sigmas,

@@ -17,7 +17,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput, randn_tensor
+from sdxl.noise import randn_tensor
+from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.ddim import reset_vp_schedule
 from sdxl.schedulers.deis import sigma_add_noise
 from sdxl.schedulers.dpm_multistep import VPPoint, first_order_update, threshold_sample, vp_point

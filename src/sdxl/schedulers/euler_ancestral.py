@@ -16,7 +16,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput, randn_tensor
+from sdxl.noise import randn_tensor
+from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
 from sdxl.schedulers.heun import add_sigma_noise
 from sdxl.schedulers.sigmas import TIMESTEP_SPACINGS, interp_sigmas, spaced_timesteps, training_sigmas

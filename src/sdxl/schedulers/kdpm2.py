@@ -15,7 +15,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput, randn_tensor
+from sdxl.noise import randn_tensor
+from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
 from sdxl.schedulers.heun import DiscreteSigmaConfig, add_sigma_noise, discrete_schedule
 
