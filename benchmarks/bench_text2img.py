@@ -37,6 +37,13 @@ def build_reference(config: str, dtype: torch.dtype, workdir: Path):
 
     if config == "tiny":
         pipe = reference.make_base_pipeline(workdir / "tiny")
+        # The test builders pin diffusers to its classic attention for parity; benchmark diffusers' default (SDPA).
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        pipe.unet.set_attn_processor(AttnProcessor2_0())
+        pipe.vae.set_attn_processor(AttnProcessor2_0())
+        for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+            encoder.config._attn_implementation = "sdpa"
         return pipe.to(dtype=dtype)
 
     import transformers
@@ -78,7 +85,7 @@ def build_reference(config: str, dtype: torch.dtype, workdir: Path):
 def ours_sharing_weights(ref):
     """Our pipeline holding the very tensors of `ref` (no copy)."""
     import sdxl
-    from sdxl.loading.keymaps import normalize_clip_keys
+    from sdxl.loading.keymaps import normalize_clip_text as normalize_clip_keys
     from sdxl.models.clip import CLIPTextConfig
     from sdxl.models.unet import UNetConfig
     from sdxl.models.vae import VAEConfig

@@ -88,3 +88,25 @@ def test_decoder_reads_the_mark():
     unmarked = sum(a == b for a, b in zip(decode_watermark(images[0]), WATERMARK_BITS))
     assert matching >= 44 and unmarked < 36, (matching, unmarked)  # measured 48 and 23 of 48
     assert has_sdxl_watermark(marked) and not has_sdxl_watermark(images[0])
+
+
+def test_pipeline_output_with_watermark_equals_diffusers(tiny_base):
+    """Watermark on, on both sides: the same pixels as diffusers, and the decoder reads SDXL's bits from ours."""
+    pytest.importorskip("imwatermark")
+    import diffusers
+
+    import sdxl
+
+    folder, _ = tiny_base
+    kwargs = dict(num_inference_steps=2, height=256, width=256, output_type="pt")
+    ours = sdxl.StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    theirs = diffusers.StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32,
+                                                                 add_watermarker=True)
+    assert ours.watermark is not None  # on by default when the package is installed, as in diffusers
+    images = []
+    for pipe in (ours, theirs):
+        pipe.set_progress_bar_config(disable=True)
+        images.append(pipe("a red circle", generator=torch.Generator("cpu").manual_seed(0), **kwargs).images[0])
+    assert (images[0] - images[1]).abs().max() <= 2 / 255
+    bits = decode_watermark(images[0] * 2 - 1)  # the decoder takes the decoded range [-1, 1]
+    assert sum(a == b for a, b in zip(bits, WATERMARK_BITS)) >= 44
