@@ -7,7 +7,6 @@ command run on a machine without the real weights. Its images are noise-like: it
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 # Tiny dimensions; the UNet's pooled-embedding input is addition_time_embed_dim * 6 + text_encoder_2 projection_dim.
@@ -23,71 +22,33 @@ _UNET = dict(block_out_channels=[32, 64], layers_per_block=2, sample_size=32, in
 _VAE = dict(block_out_channels=[16, 32, 64, 64], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, sample_size=256,
             layers_per_block=1, scaling_factor=0.13025)
-# The official SDXL base scheduler_config.json.
-SDXL_SCHEDULER_CONFIG = dict(
-    _class_name="EulerDiscreteScheduler", beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    num_train_timesteps=1000, prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
-    interpolation_type="linear", use_karras_sigmas=False, clip_sample=False, sample_max_value=1.0,
-    set_alpha_to_one=False, skip_prk_steps=True,
-)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _save_model(model, folder: Path, weights_name: str, class_name: str) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    config = dict(model.config.to_dict(), _class_name=class_name)
-    if class_name.startswith("CLIP"):
-        config = dict(config, architectures=[class_name])
-        config.pop("_class_name")
-    _write_json(folder / "config.json", config)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / weights_name))
 
 
 def write_tiny_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     """Write a tiny random-weight SDXL base checkpoint (diffusers layout) to `folder` and return its path."""
     import torch
 
+    from sdxl.loading.single_file import SDXL_SCHEDULER_CONFIG
     from sdxl.models.clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     from sdxl.models.unet import UNet2DConditionModel, UNetConfig
     from sdxl.models.vae import AutoencoderKL, VAEConfig
+    from sdxl.pipelines.text2img import StableDiffusionXLPipeline
+    from sdxl.schedulers.euler import EulerDiscreteScheduler
     from sdxl.tokenizer import CLIPTokenizer
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists and is not empty; pass a new folder name")
     torch.manual_seed(seed)
-    models = {
-        "text_encoder": (CLIPTextModel(CLIPTextConfig.from_dict(dict(_TEXT, hidden_act="quick_gelu"))),
-                         "model.safetensors", "CLIPTextModel"),
-        "text_encoder_2": (CLIPTextModelWithProjection(CLIPTextConfig.from_dict(dict(_TEXT, hidden_act="gelu"))),
-                           "model.safetensors", "CLIPTextModelWithProjection"),
-        "unet": (UNet2DConditionModel(UNetConfig.from_dict(_UNET)), "diffusion_pytorch_model.safetensors",
-                 "UNet2DConditionModel"),
-        "vae": (AutoencoderKL(VAEConfig.from_dict(_VAE)), "diffusion_pytorch_model.safetensors", "AutoencoderKL"),
-    }
-    for name, (model, weights_name, class_name) in models.items():
-        _save_model(model, folder / name, weights_name, class_name)
-    CLIPTokenizer.from_shipped_vocab(pad_token="<|endoftext|>").save_pretrained(folder / "tokenizer")
-    CLIPTokenizer.from_shipped_vocab(pad_token="!").save_pretrained(folder / "tokenizer_2")
-    _write_json(folder / "scheduler" / "scheduler_config.json", SDXL_SCHEDULER_CONFIG)
-    _write_json(
-        folder / "model_index.json",
-        {
-            "_class_name": "StableDiffusionXLPipeline",
-            "force_zeros_for_empty_prompt": True,
-            "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "tokenizer_2": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        },
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL(VAEConfig.from_dict(_VAE)),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_dict(dict(_TEXT, hidden_act="quick_gelu"))),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig.from_dict(dict(_TEXT, hidden_act="gelu"))),
+        tokenizer=CLIPTokenizer.from_shipped_vocab(pad_token="<|endoftext|>"),
+        tokenizer_2=CLIPTokenizer.from_shipped_vocab(pad_token="!"),
+        unet=UNet2DConditionModel(UNetConfig.from_dict(_UNET)),
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        add_watermarker=False,
     )
+    pipe.save_pretrained(folder)
     return folder
