@@ -456,6 +456,13 @@ class Scheduler:
             timestep = timestep.to(self.timesteps.device)
         self._step_index = self.index_for_timestep(timestep)
 
+    def _start_step(self, timestep: float | torch.Tensor) -> None:
+        """Refuse a `step` before `set_timesteps`; on the first step, find the starting index."""
+        if self.num_inference_steps is None:
+            raise ValueError(f"{type(self).__name__}.step called before set_timesteps; call set_timesteps first")
+        if self._step_index is None:
+            self._init_step_index(timestep)
+
     def _add_noise_indices(self, timesteps: torch.Tensor, schedule_timesteps: torch.Tensor) -> list[int]:
         """Step indices for `add_noise`: looked up per timestep, or the begin/current index once a run has one."""
         if self._begin_index is None:

@@ -151,11 +151,8 @@ class DDIMScheduler(Scheduler):
             raise TypeError(
                 f"DDIMScheduler.step got {generator!r} in the `generator` position; pass eta as a keyword (eta=...)"
             )
-        if self.num_inference_steps is None:
-            raise ValueError("DDIMScheduler.step called before set_timesteps; call set_timesteps first")
         cfg = self.config
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         alpha_prod_t, alpha_prod_t_prev = self._alpha_prod[self._step_index]
         beta_prod_t = 1 - alpha_prod_t
         x0, eps = predict_x0_eps(cfg.prediction_type, model_output, sample, alpha_prod_t, beta_prod_t)

@@ -16,11 +16,18 @@ import torch
 
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.ddim import reset_vp_schedule
-from sdxl.schedulers.dpm_multistep import first_order_update, threshold_sample, vp_point
+from sdxl.schedulers.dpm_multistep import (
+    FLOW_MATCHING_OFF,
+    SolverConfig,
+    data_prediction,
+    first_order_update,
+    init_log_snr_schedule,
+    resample_in_range,
+    vp_point,
+)
 from sdxl.schedulers.sigmas import (
     TIMESTEP_SPACINGS,
     interp_sigmas,
-    resample_sigmas,
     sigma_to_alpha_sigma_t,
     sigma_to_t,
     spaced_timesteps,
@@ -29,13 +36,9 @@ from sdxl.schedulers.sigmas import (
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class DEISMultistepSchedulerConfig(SchedulerConfig):
+class DEISMultistepSchedulerConfig(SolverConfig):
     """diffusers' DEISMultistepScheduler config keys and defaults (flow-matching options unsupported)."""
 
-    solver_order: int = 2
-    thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
     algorithm_type: str = "deis"
     solver_type: str = "logrho"
     lower_order_final: bool = True
@@ -50,14 +53,11 @@ class DEISMultistepSchedulerConfig(SchedulerConfig):
     time_shift_type: str = "exponential"
 
     choices: ClassVar[dict[str, tuple]] = {
-        **SchedulerConfig.choices,
-        "solver_order": (1, 2, 3),
+        **SolverConfig.choices,
         "algorithm_type": ("deis",),
         "solver_type": ("logrho",),
         "timestep_spacing": TIMESTEP_SPACINGS,
-        "use_flow_sigmas": (False, None),
-        "use_dynamic_shifting": (False, None),
-        "time_shift_type": ("exponential",),
+        **FLOW_MATCHING_OFF,
     }
     # DPM-Solver and UniPC configs name their own solvers; diffusers maps them onto these
     aliases: ClassVar[dict[str, dict]] = {
@@ -107,12 +107,7 @@ class DEISMultistepScheduler(Scheduler):
 
     def _init_schedule(self) -> None:
         reset_vp_schedule(self, False)  # DEIS has no rescale_betas_zero_snr key
-        self.alpha_t = torch.sqrt(self.alphas_cumprod)
-        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
-        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
-        self.sigmas = training_sigmas(self.alphas_cumprod)
-        num_train = self.config.num_train_timesteps
-        self.timesteps = torch.from_numpy(np.linspace(0, num_train - 1, num_train, dtype=np.float32)[::-1].copy())
+        init_log_snr_schedule(self)
         self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
         self.lower_order_nums = 0
         self._points = []
@@ -129,11 +124,7 @@ class DEISMultistepScheduler(Scheduler):
         if kind is None:
             sigmas = np.concatenate([interp_sigmas(timesteps, train), [train[0]]])
         else:
-            # a sigma_min/sigma_max carried over from another scheduler's config applies here, as in diffusers
-            sigma_min, sigma_max = cfg.get("sigma_min"), cfg.get("sigma_max")
-            sigma_min = float(train[0]) if sigma_min is None else sigma_min
-            sigma_max = float(train[-1]) if sigma_max is None else sigma_max
-            sigmas = resample_sigmas(kind, sigma_min, sigma_max, num_inference_steps)
+            sigmas = resample_in_range(cfg, kind, train, num_inference_steps)
             timesteps = sigma_to_t(sigmas, log_sigmas)
             if kind == "karras":
                 timesteps = timesteps.round()
@@ -163,14 +154,7 @@ class DEISMultistepScheduler(Scheduler):
         """The model output as eps (through x0, so thresholding applies), in the model's dtype."""
         cfg = self.config
         p = self._points[self._step_index]
-        if cfg.prediction_type == "epsilon":
-            x0 = (sample - p.sigma * model_output) / p.alpha
-        elif cfg.prediction_type == "sample":
-            x0 = model_output
-        else:  # v_prediction
-            x0 = p.alpha * sample - p.sigma * model_output
-        if cfg.thresholding:
-            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        x0 = data_prediction(cfg, model_output, sample, p)
         return (sample - p.alpha * x0) / p.sigma
 
     def step(
@@ -183,10 +167,7 @@ class DEISMultistepScheduler(Scheduler):
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """One DEIS step; the order rises to `solver_order` as outputs accumulate (`generator` is unused)."""
         cfg = self.config
-        if self.num_inference_steps is None:
-            raise ValueError("DEISMultistepScheduler.step called before set_timesteps; call set_timesteps first")
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         i, n = self._step_index, len(self.timesteps)
         lower_order_final = i == n - 1 and cfg.lower_order_final and n < 15
         lower_order_second = i == n - 2 and cfg.lower_order_final and n < 15

@@ -29,14 +29,33 @@ from sdxl.schedulers.sigmas import (
 ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver")
 
 
+# flow-matching keys: accepted only at their off values
+FLOW_MATCHING_OFF: dict[str, tuple] = {
+    "use_flow_sigmas": (False, None),
+    "use_dynamic_shifting": (False, None),
+    "time_shift_type": ("exponential",),
+}
+
+
 @dataclass(frozen=True, eq=False, kw_only=True)
-class DPMSolverMultistepSchedulerConfig(SchedulerConfig):
-    """diffusers' DPMSolverMultistepScheduler config keys and defaults (flow-matching options unsupported)."""
+class SolverConfig(SchedulerConfig):
+    """Keys leading every DPM-Solver / DEIS / UniPC config: solver order and dynamic thresholding."""
 
     solver_order: int = 2
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     sample_max_value: float = 1.0
+
+    choices: ClassVar[dict[str, tuple]] = {
+        **SchedulerConfig.choices,
+        "solver_order": (1, 2, 3),
+    }
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class DPMSolverMultistepSchedulerConfig(SolverConfig):
+    """diffusers' DPMSolverMultistepScheduler config keys and defaults (flow-matching options unsupported)."""
+
     algorithm_type: str = "dpmsolver++"
     solver_type: str = "midpoint"
     lower_order_final: bool = True
@@ -57,16 +76,13 @@ class DPMSolverMultistepSchedulerConfig(SchedulerConfig):
     time_shift_type: str = "exponential"
 
     choices: ClassVar[dict[str, tuple]] = {
-        **SchedulerConfig.choices,
-        "solver_order": (1, 2, 3),
+        **SolverConfig.choices,
         "algorithm_type": ALGORITHMS,
         "solver_type": ("midpoint", "heun"),
         "final_sigmas_type": ("zero", "sigma_min"),
         "variance_type": (None, "learned", "learned_range"),
         "timestep_spacing": TIMESTEP_SPACINGS,
-        "use_flow_sigmas": (False, None),
-        "use_dynamic_shifting": (False, None),
-        "time_shift_type": ("exponential",),
+        **FLOW_MATCHING_OFF,
     }
     # DEIS and UniPC configs name their own solvers; diffusers maps them onto these
     aliases: ClassVar[dict[str, dict]] = {
@@ -204,6 +220,38 @@ def threshold_sample(sample: torch.Tensor, ratio: float, max_value: float) -> to
     return flat.reshape(batch, channels, *rest).to(dtype)
 
 
+def data_prediction(cfg: SolverConfig, model_output: torch.Tensor, sample: torch.Tensor, p: VPPoint) -> torch.Tensor:
+    """x0 from the model output at noise level `p` (per `cfg.prediction_type`), thresholded if `cfg.thresholding`."""
+    if cfg.prediction_type == "epsilon":
+        x0 = (sample - p.sigma * model_output) / p.alpha
+    elif cfg.prediction_type == "sample":
+        x0 = model_output
+    else:  # v_prediction
+        x0 = p.alpha * sample - p.sigma * model_output
+    if cfg.thresholding:
+        x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+    return x0
+
+
+def init_log_snr_schedule(scheduler: Scheduler) -> None:
+    """alpha_t, sigma_t, lambda_t, training sigmas and float32 timesteps T-1..0 of the DPM/UniPC/DEIS family."""
+    scheduler.alpha_t = torch.sqrt(scheduler.alphas_cumprod)
+    scheduler.sigma_t = torch.sqrt(1 - scheduler.alphas_cumprod)
+    scheduler.lambda_t = torch.log(scheduler.alpha_t) - torch.log(scheduler.sigma_t)
+    scheduler.sigmas = training_sigmas(scheduler.alphas_cumprod)
+    num_train = scheduler.config.num_train_timesteps
+    scheduler.timesteps = torch.from_numpy(np.linspace(0, num_train - 1, num_train, dtype=np.float32)[::-1].copy())
+
+
+def resample_in_range(cfg: SchedulerConfig, kind: str, train: np.ndarray, num_inference_steps: int) -> np.ndarray:
+    """`kind` sigmas over [sigma_min, sigma_max]: the config's (or ones carried over from another scheduler's
+    config, as in diffusers), else the range of the ascending training sigmas `train`."""
+    sigma_min, sigma_max = cfg.get("sigma_min"), cfg.get("sigma_max")
+    sigma_min = float(train[0]) if sigma_min is None else sigma_min
+    sigma_max = float(train[-1]) if sigma_max is None else sigma_max
+    return resample_sigmas(kind, sigma_min, sigma_max, num_inference_steps)
+
+
 class DPMSolverMultistepScheduler(Scheduler):
     """DPM-Solver++ 2M (default), 3M, SDE and the original DPM-Solver, with diffusers' API."""
 
@@ -212,12 +260,7 @@ class DPMSolverMultistepScheduler(Scheduler):
     supports_custom_sigmas: ClassVar[bool] = False
 
     def _init_schedule(self) -> None:
-        self.alpha_t = torch.sqrt(self.alphas_cumprod)
-        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
-        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
-        self.sigmas = training_sigmas(self.alphas_cumprod)
-        num_train = self.config.num_train_timesteps
-        self.timesteps = torch.from_numpy(np.linspace(0, num_train - 1, num_train, dtype=np.float32)[::-1].copy())
+        init_log_snr_schedule(self)
         self._points: list[VPPoint] = []  # filled by set_timesteps; step refuses to run before it
         self._num_steps = 0
         self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
@@ -249,11 +292,7 @@ class DPMSolverMultistepScheduler(Scheduler):
                 lambdas = np.flip(log_sigmas)
                 sigmas = np.exp(lu_lambdas(float(lambdas[-1]), float(lambdas[0]), num_inference_steps))
             else:
-                # a sigma_min/sigma_max carried over from another scheduler's config applies here, as in diffusers
-                sigma_min, sigma_max = cfg.get("sigma_min"), cfg.get("sigma_max")
-                sigma_min = float(train[0]) if sigma_min is None else sigma_min
-                sigma_max = float(train[-1]) if sigma_max is None else sigma_max
-                sigmas = resample_sigmas(kind, sigma_min, sigma_max, num_inference_steps)
+                sigmas = resample_in_range(cfg, kind, train, num_inference_steps)
             timesteps = sigma_to_t(sigmas, log_sigmas)
             if kind in ("karras", "lu") and cfg.beta_schedule != "squaredcos_cap_v2":
                 timesteps = timesteps.round()
@@ -277,17 +316,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         cfg = self.config
         point = self._points[self._step_index]
         if cfg.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
-            if cfg.prediction_type == "epsilon":
-                if cfg.variance_type in ("learned", "learned_range"):
-                    model_output = model_output[:, :3]  # diffusers keeps the first 3 channels
-                x0 = (sample - point.sigma * model_output) / point.alpha
-            elif cfg.prediction_type == "sample":
-                x0 = model_output
-            else:  # v_prediction
-                x0 = point.alpha * sample - point.sigma * model_output
-            if cfg.thresholding:
-                x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-            return x0
+            if cfg.prediction_type == "epsilon" and cfg.variance_type in ("learned", "learned_range"):
+                model_output = model_output[:, :3]  # diffusers keeps the first 3 channels
+            return data_prediction(cfg, model_output, sample, point)
         if cfg.prediction_type == "epsilon":
             eps = model_output[:, :3] if cfg.variance_type in ("learned", "learned_range") else model_output
         elif cfg.prediction_type == "sample":
@@ -312,10 +343,7 @@ class DPMSolverMultistepScheduler(Scheduler):
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """One multistep update: order rises to `solver_order` as outputs accumulate and drops at the end."""
         cfg = self.config
-        if self.num_inference_steps is None:
-            raise ValueError(f"{type(self).__name__}.step called before set_timesteps; call set_timesteps first")
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         i, n = self._step_index, self._num_steps
         lower_order_final = i == n - 1 and (
             cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero"

@@ -22,7 +22,8 @@ import torch
 
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
-from sdxl.schedulers.heun import DiscreteSigmaConfig, add_sigma_noise, discrete_schedule, repeat_inner
+from sdxl.schedulers.heun import DiscreteSigmaConfig, discrete_schedule, repeat_inner
+from sdxl.schedulers.k_family import SigmaSchedulerMixin, input_scales
 from sdxl.schedulers.sigmas import sigma_to_t
 
 
@@ -188,7 +189,7 @@ def _sde_pass(sigma: torch.Tensor, sigma_next: torch.Tensor, first: bool) -> _Pa
     )
 
 
-class DPMSolverSDEScheduler(Scheduler):
+class DPMSolverSDEScheduler(SigmaSchedulerMixin, Scheduler):
     """DPM++ SDE ("DPM++ SDE"): two model calls per step, Brownian-tree noise seeded by `noise_sampler_seed`."""
 
     config_class: ClassVar[type[SchedulerConfig]] = DPMSolverSDESchedulerConfig
@@ -215,7 +216,7 @@ class DPMSolverSDEScheduler(Scheduler):
 
     def _prepare_steps(self) -> None:
         self._passes: dict[tuple[int, bool], _Pass] | None = None  # built on the first step (host math, once)
-        self._first_scale = ((self.sigmas**2 + 1) ** 0.5).unbind()
+        self._first_scale = input_scales(self.sigmas)
         self.sample = None
         self.mid_point_sigma = None
         self._mid_scale = None
@@ -226,14 +227,6 @@ class DPMSolverSDEScheduler(Scheduler):
     def state_in_first_order(self) -> bool:
         """True on the first pass of a step, False on the midpoint pass."""
         return self.sample is None
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """sigma_max for linspace/trailing spacing, sqrt(sigma_max^2 + 1) for leading."""
-        max_sigma = self.sigmas.max()
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return max_sigma
-        return (max_sigma**2 + 1) ** 0.5
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Divide by sqrt(sigma^2 + 1) at this pass's sigma (the midpoint sigma on the second pass)."""
@@ -291,7 +284,3 @@ class DPMSolverSDEScheduler(Scheduler):
                 self.sample = self.mid_point_sigma = self._mid_scale = None
         self._step_index += 1
         return self._output(prev_sample, denoised, return_dict)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x = x0 + sigma * noise at the sigma of each timestep."""
-        return add_sigma_noise(self, original_samples, noise, timesteps)

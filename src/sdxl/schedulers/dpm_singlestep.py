@@ -21,8 +21,17 @@ from sdxl.noise import randn_tensor
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.ddim import reset_vp_schedule
 from sdxl.schedulers.deis import sigma_add_noise
-from sdxl.schedulers.dpm_multistep import VPPoint, first_order_update, threshold_sample, vp_point
-from sdxl.schedulers.sigmas import interp_sigmas, resample_sigmas, sigma_to_t, spaced_timesteps, training_sigmas
+from sdxl.schedulers.dpm_multistep import (
+    FLOW_MATCHING_OFF,
+    SolverConfig,
+    VPPoint,
+    data_prediction,
+    first_order_update,
+    init_log_snr_schedule,
+    resample_in_range,
+    vp_point,
+)
+from sdxl.schedulers.sigmas import interp_sigmas, sigma_to_t, spaced_timesteps, training_sigmas
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +39,9 @@ ALGORITHMS = ("dpmsolver++", "sde-dpmsolver++", "dpmsolver")
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class DPMSolverSinglestepSchedulerConfig(SchedulerConfig):
+class DPMSolverSinglestepSchedulerConfig(SolverConfig):
     """diffusers' DPMSolverSinglestepScheduler config keys and defaults (flow-matching options unsupported)."""
 
-    solver_order: int = 2
-    thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
     algorithm_type: str = "dpmsolver++"
     solver_type: str = "midpoint"
     lower_order_final: bool = False
@@ -52,15 +57,12 @@ class DPMSolverSinglestepSchedulerConfig(SchedulerConfig):
     time_shift_type: str = "exponential"
 
     choices: ClassVar[dict[str, tuple]] = {
-        **SchedulerConfig.choices,
-        "solver_order": (1, 2, 3),
+        **SolverConfig.choices,
         "algorithm_type": ALGORITHMS,
         "solver_type": ("midpoint", "heun"),
         "final_sigmas_type": ("zero", "sigma_min"),
         "variance_type": (None, "learned", "learned_range"),
-        "use_flow_sigmas": (False, None),
-        "use_dynamic_shifting": (False, None),
-        "time_shift_type": ("exponential",),
+        **FLOW_MATCHING_OFF,
     }
     # DEIS and UniPC configs name their own solvers; diffusers maps them onto these
     aliases: ClassVar[dict[str, dict]] = {
@@ -175,15 +177,10 @@ class DPMSolverSinglestepScheduler(Scheduler):
 
     def _init_schedule(self) -> None:
         reset_vp_schedule(self, False)  # no rescale_betas_zero_snr key in this scheduler
-        self.alpha_t = torch.sqrt(self.alphas_cumprod)
-        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
-        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
-        self.sigmas = training_sigmas(self.alphas_cumprod)
-        num_train = self.config.num_train_timesteps
-        self.timesteps = torch.from_numpy(np.linspace(0, num_train - 1, num_train, dtype=np.float32)[::-1].copy())
+        init_log_snr_schedule(self)
         self.model_outputs: list[torch.Tensor | None] = [None] * self.config.solver_order
         self.sample: torch.Tensor | None = None
-        self.order_list = self._order_list(num_train)
+        self.order_list = self._order_list(self.config.num_train_timesteps)
         self._points: list[VPPoint] = []
 
     def _order_list(self, num_steps: int) -> list[int]:
@@ -214,11 +211,7 @@ class DPMSolverSinglestepScheduler(Scheduler):
         if kind is None:
             sigmas = interp_sigmas(timesteps, train)
         else:
-            # a sigma_min/sigma_max carried over from another scheduler's config applies here, as in diffusers
-            sigma_min, sigma_max = cfg.get("sigma_min"), cfg.get("sigma_max")
-            sigma_min = float(train[0]) if sigma_min is None else sigma_min
-            sigma_max = float(train[-1]) if sigma_max is None else sigma_max
-            sigmas = resample_sigmas(kind, sigma_min, sigma_max, num_inference_steps)
+            sigmas = resample_in_range(cfg, kind, train, num_inference_steps)
             timesteps = sigma_to_t(sigmas, np.log(train))
             if kind == "karras":
                 timesteps = timesteps.round()
@@ -255,16 +248,9 @@ class DPMSolverSinglestepScheduler(Scheduler):
         p = self._points[self._step_index]
         learned = cfg.variance_type in ("learned", "learned_range")
         if cfg.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
-            if cfg.prediction_type == "epsilon":
-                eps = model_output[:, :3] if learned else model_output  # diffusers keeps the first 3 channels
-                x0 = (sample - p.sigma * eps) / p.alpha
-            elif cfg.prediction_type == "sample":
-                x0 = model_output
-            else:  # v_prediction
-                x0 = p.alpha * sample - p.sigma * model_output
-            if cfg.thresholding:
-                x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-            return x0
+            if cfg.prediction_type == "epsilon" and learned:
+                model_output = model_output[:, :3]  # diffusers keeps the first 3 channels
+            return data_prediction(cfg, model_output, sample, p)
         if cfg.prediction_type == "epsilon":
             return model_output[:, :3] if learned else model_output
         if cfg.prediction_type == "sample":
@@ -281,10 +267,7 @@ class DPMSolverSinglestepScheduler(Scheduler):
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """One step of the current block; SDE-DPM-Solver++ draws fresh noise from `generator` every step."""
         cfg = self.config
-        if self.num_inference_steps is None:
-            raise ValueError("DPMSolverSinglestepScheduler.step called before set_timesteps; call set_timesteps first")
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         i = self._step_index
         model_output = self.convert_model_output(model_output, sample)
         self.model_outputs = [*self.model_outputs[1:], model_output]

@@ -16,6 +16,7 @@ import torch
 
 from sdxl.noise import randn_tensor
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
+from sdxl.schedulers.k_family import SigmaSchedulerMixin, input_scales
 from sdxl.schedulers.sigmas import (
     TIMESTEP_SPACINGS,
     interp_sigmas,
@@ -81,7 +82,7 @@ def _per_element(fn, values: torch.Tensor) -> torch.Tensor:
     return torch.stack([fn(v) for v in values.unbind()]) if len(values) else values.clone()
 
 
-class EulerDiscreteScheduler(Scheduler):
+class EulerDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     """Euler sampler over a discrete VP schedule (diffusers' default for SDXL)."""
 
     config_class: ClassVar[type[SchedulerConfig]] = EulerDiscreteSchedulerConfig
@@ -137,22 +138,7 @@ class EulerDiscreteScheduler(Scheduler):
         # 0-dim CPU tensors mix with device tensors without a sync and round exactly as diffusers' per-step math
         self._sigma = self.sigmas.unbind()
         self._sigma_float = self.sigmas.tolist()
-        self._input_scale = ((self.sigmas**2 + 1) ** 0.5).unbind()
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """Standard deviation of the initial noise: sigma_max for linspace/trailing, sqrt(sigma_max^2 + 1) for leading."""
-        max_sigma = self.sigmas.max()
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return max_sigma
-        return (max_sigma**2 + 1) ** 0.5
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Divide by sqrt(sigma^2 + 1): the UNet sees unit-variance input."""
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        self.is_scale_input_called = True
-        return sample / self._input_scale[self._step_index]
+        self._input_scale = input_scales(self.sigmas)
 
     def step(
         self,
@@ -168,11 +154,7 @@ class EulerDiscreteScheduler(Scheduler):
         s_noise: float = 1.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One Euler step; with `s_churn > 0` noise is added first (Karras et al. 2022, Algorithm 2)."""
-        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
-            raise ValueError(
-                f"{type(self).__name__}.step got an integer timestep ({timestep!r}); pass one of scheduler.timesteps, "
-                "not an index from enumerate(timesteps)"
-            )
+        self._reject_integer_timestep(timestep)
         if not self.is_scale_input_called:
             logger.warning("call scale_model_input before step so the model sees correctly scaled input")
         if self._step_index is None:
@@ -192,12 +174,3 @@ class EulerDiscreteScheduler(Scheduler):
         prev_sample = (sample + derivative * (self._sigma[i + 1] - sigma_hat)).to(model_output.dtype)
         self._step_index += 1
         return self._output(prev_sample, denoised, return_dict)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x = x0 + sigma * noise at the sigma of each timestep."""
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        schedule = self.timesteps.to(original_samples.device)
-        indices = self._add_noise_indices(timesteps.to(original_samples.device), schedule)
-        sigma = sigmas[indices].flatten()
-        sigma = sigma.reshape(sigma.shape + (1,) * (original_samples.ndim - 1))
-        return original_samples + noise * sigma

@@ -19,7 +19,7 @@ import torch
 from sdxl.noise import randn_tensor
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
-from sdxl.schedulers.heun import add_sigma_noise
+from sdxl.schedulers.k_family import SigmaSchedulerMixin, input_scales
 from sdxl.schedulers.sigmas import TIMESTEP_SPACINGS, interp_sigmas, spaced_timesteps, training_sigmas
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def ancestral_sigmas(sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> tuple[
     return (sigma_to**2 - sigma_up**2) ** 0.5, sigma_up
 
 
-class EulerAncestralDiscreteScheduler(Scheduler):
+class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     """Euler ancestral ("Euler a"): stochastic, one model call per step."""
 
     config_class: ClassVar[type[SchedulerConfig]] = EulerAncestralDiscreteSchedulerConfig
@@ -75,24 +75,9 @@ class EulerAncestralDiscreteScheduler(Scheduler):
     def _prepare_steps(self) -> None:
         sigmas = self.sigmas.unbind()
         self._sigma = sigmas
-        self._input_scale = ((self.sigmas**2 + 1) ** 0.5).unbind()
+        self._input_scale = input_scales(self.sigmas)
         # per-step (sigma_down, sigma_up), element by element as diffusers computes them each step
         self._ancestral = [ancestral_sigmas(a, b) for a, b in itertools.pairwise(sigmas)]
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """sigma_max for linspace/trailing spacing, sqrt(sigma_max^2 + 1) for leading."""
-        max_sigma = self.sigmas.max()
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return max_sigma
-        return (max_sigma**2 + 1) ** 0.5
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Divide by sqrt(sigma^2 + 1): the UNet sees unit-variance input."""
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        self.is_scale_input_called = True
-        return sample / self._input_scale[self._step_index]
 
     def step(
         self,
@@ -103,11 +88,7 @@ class EulerAncestralDiscreteScheduler(Scheduler):
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """One ancestral Euler step: deterministic to sigma_down, then noise * sigma_up from `generator`."""
-        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
-            raise ValueError(
-                f"{type(self).__name__}.step got an integer timestep ({timestep!r}); pass one of scheduler.timesteps, "
-                "not an index from enumerate(timesteps)"
-            )
+        self._reject_integer_timestep(timestep)
         if not self.is_scale_input_called:
             logger.warning("call scale_model_input before step so the model sees correctly scaled input")
         if self._step_index is None:
@@ -122,7 +103,3 @@ class EulerAncestralDiscreteScheduler(Scheduler):
         prev_sample = (prev_sample + noise * sigma_up).to(model_output.dtype)
         self._step_index += 1
         return self._output(prev_sample, denoised, return_dict)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x = x0 + sigma * noise at the sigma of each timestep."""
-        return add_sigma_noise(self, original_samples, noise, timesteps)

@@ -18,6 +18,11 @@ import torch
 
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
+from sdxl.schedulers.k_family import (
+    SigmaSchedulerMixin,
+    add_sigma_noise,  # noqa: F401  (re-exported from its former home)
+    input_scales,
+)
 from sdxl.schedulers.sigmas import (
     TIMESTEP_SPACINGS,
     interp_sigmas,
@@ -89,7 +94,7 @@ class HeunDiscreteSchedulerConfig(DiscreteSigmaConfig):
     clip_sample_range: float = 1.0
 
 
-class HeunDiscreteScheduler(Scheduler):
+class HeunDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     """Heun's method (Karras et al. 2022, Algorithm 1 without churn): two model calls per step."""
 
     config_class: ClassVar[type[SchedulerConfig]] = HeunDiscreteSchedulerConfig
@@ -110,21 +115,13 @@ class HeunDiscreteScheduler(Scheduler):
 
     def _prepare_steps(self) -> None:
         self._sigma = self.sigmas.unbind()
-        self._input_scale = ((self.sigmas**2 + 1) ** 0.5).unbind()
+        self._input_scale = input_scales(self.sigmas)
         self.prev_derivative = self.dt = self.sample = None
 
     @property
     def state_in_first_order(self) -> bool:
         """True on the predictor pass, False on the corrector pass."""
         return self.dt is None
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """sigma_max for linspace/trailing spacing, sqrt(sigma_max^2 + 1) for leading."""
-        max_sigma = self.sigmas.max()
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return max_sigma
-        return (max_sigma**2 + 1) ** 0.5
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Divide by sqrt(sigma^2 + 1) at this pass's sigma."""
@@ -161,17 +158,3 @@ class HeunDiscreteScheduler(Scheduler):
         prev_sample = sample + derivative * dt
         self._step_index += 1
         return self._output(prev_sample, denoised, return_dict)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x = x0 + sigma * noise at the sigma of each timestep."""
-        return add_sigma_noise(self, original_samples, noise, timesteps)
-
-
-def add_sigma_noise(scheduler: Scheduler, original_samples, noise, timesteps) -> torch.Tensor:
-    """VE noising x0 + sigma(t) * noise with diffusers' step-index rules (shared by the k-diffusion ports)."""
-    sigmas = scheduler.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-    schedule = scheduler.timesteps.to(original_samples.device)
-    indices = scheduler._add_noise_indices(timesteps.to(original_samples.device), schedule)
-    sigma = sigmas[indices].flatten()
-    sigma = sigma.reshape(sigma.shape + (1,) * (original_samples.ndim - 1))
-    return original_samples + noise * sigma

@@ -18,7 +18,8 @@ import torch
 from sdxl.noise import randn_tensor
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
-from sdxl.schedulers.heun import DiscreteSigmaConfig, add_sigma_noise, discrete_schedule
+from sdxl.schedulers.heun import DiscreteSigmaConfig, discrete_schedule
+from sdxl.schedulers.k_family import SigmaSchedulerMixin, input_scales
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -58,7 +59,7 @@ def log_midpoint(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.log().lerp(b.log(), 0.5).exp()
 
 
-class KDPM2DiscreteScheduler(Scheduler):
+class KDPM2DiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     """DPM-Solver-2 ("DPM2"): two model calls per step, the second at the log-midpoint sigma."""
 
     config_class: ClassVar[type[SchedulerConfig]] = KDPM2DiscreteSchedulerConfig
@@ -104,10 +105,10 @@ class KDPM2DiscreteScheduler(Scheduler):
         self._sigma_interpol = self.sigmas_interpol.unbind()
         if self.ancestral:
             self._sigma_up, self._sigma_down = self.sigmas_up.unbind(), self.sigmas_down.unbind()
-        self._input_scale = ((self.sigmas**2 + 1) ** 0.5).unbind()
+        self._input_scale = input_scales(self.sigmas)
         shift = 1 if self.ancestral else 0  # diffusers' ancestral variant reads the previous entry
         interpol = self.sigmas_interpol[[max(i - shift, 0) for i in range(len(self.sigmas_interpol))]]
-        self._interpol_scale = ((interpol**2 + 1) ** 0.5).unbind()
+        self._interpol_scale = input_scales(interpol)
         if shift:
             self._interpol_scale = (None, *self._interpol_scale[1:])
         self.sample = None
@@ -116,14 +117,6 @@ class KDPM2DiscreteScheduler(Scheduler):
     def state_in_first_order(self) -> bool:
         """True on the first pass of a step, False on the midpoint pass."""
         return self.sample is None
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """sigma_max for linspace/trailing spacing, sqrt(sigma_max^2 + 1) for leading."""
-        max_sigma = self.sigmas.max()
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return max_sigma
-        return (max_sigma**2 + 1) ** 0.5
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Divide by sqrt(sigma^2 + 1) at this pass's sigma (the midpoint sigma on the second pass)."""
@@ -169,10 +162,6 @@ class KDPM2DiscreteScheduler(Scheduler):
                 prev_sample = prev_sample + noise * sigma_up
         self._step_index += 1
         return self._output(prev_sample, denoised, return_dict)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x = x0 + sigma * noise at the sigma of each timestep."""
-        return add_sigma_noise(self, original_samples, noise, timesteps)
 
 
 class KDPM2AncestralDiscreteScheduler(KDPM2DiscreteScheduler):

@@ -17,7 +17,8 @@ import torch
 
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
-from sdxl.schedulers.heun import DiscreteSigmaConfig, add_sigma_noise, discrete_schedule
+from sdxl.schedulers.heun import DiscreteSigmaConfig, discrete_schedule
+from sdxl.schedulers.k_family import SigmaSchedulerMixin, input_scales
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def lms_coefficient(sigmas: list[float], order: int, t: int, current_order: int)
     return float(0.5 * (b - a) * np.sum(_GAUSS_WEIGHTS * basis(tau)))
 
 
-class LMSDiscreteScheduler(Scheduler):
+class LMSDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     """Linear multistep ("LMS"): one model call per step, up to 4 past derivatives."""
 
     config_class: ClassVar[type[SchedulerConfig]] = LMSDiscreteSchedulerConfig
@@ -71,24 +72,9 @@ class LMSDiscreteScheduler(Scheduler):
     def _prepare_steps(self) -> None:
         self._sigma = self.sigmas.unbind()
         self._sigma_list = self.sigmas.tolist()
-        self._input_scale = ((self.sigmas**2 + 1) ** 0.5).unbind()
+        self._input_scale = input_scales(self.sigmas)
         self._coefficients: dict[tuple[int, int], list[float]] = {}
         self.derivatives: list[torch.Tensor] = []
-
-    @property
-    def init_noise_sigma(self) -> torch.Tensor:
-        """sigma_max for linspace/trailing spacing, sqrt(sigma_max^2 + 1) for leading."""
-        max_sigma = self.sigmas.max()
-        if self.config.timestep_spacing in ("linspace", "trailing"):
-            return max_sigma
-        return (max_sigma**2 + 1) ** 0.5
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Divide by sqrt(sigma^2 + 1): the UNet sees unit-variance input."""
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        self.is_scale_input_called = True
-        return sample / self._input_scale[self._step_index]
 
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
         """diffusers' name for the coefficient of derivative `current_order` steps back at step `t`."""
@@ -124,7 +110,3 @@ class LMSDiscreteScheduler(Scheduler):
         prev_sample = sample + sum(c * d for c, d in zip(self._coefficients[key], reversed(self.derivatives)))
         self._step_index += 1
         return self._output(prev_sample, denoised, return_dict)
-
-    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x = x0 + sigma * noise at the sigma of each timestep."""
-        return add_sigma_noise(self, original_samples, noise, timesteps)

@@ -115,10 +115,7 @@ class PNDMScheduler(Scheduler):
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """One PRK stage while the warm-up lasts, then one PLMS step (`generator` is unused: PNDM is deterministic)."""
-        if self.num_inference_steps is None:
-            raise ValueError("PNDMScheduler.step called before set_timesteps; call set_timesteps first")
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         t = self._host_timesteps[self._step_index]
         if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
             prev_sample = self._step_prk(model_output, t, sample)

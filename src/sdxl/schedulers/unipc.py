@@ -16,11 +16,18 @@ import torch
 
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.deis import sigma_add_noise
-from sdxl.schedulers.dpm_multistep import VPPoint, threshold_sample, vp_point
+from sdxl.schedulers.dpm_multistep import (
+    FLOW_MATCHING_OFF,
+    SolverConfig,
+    VPPoint,
+    data_prediction,
+    init_log_snr_schedule,
+    resample_in_range,
+    vp_point,
+)
 from sdxl.schedulers.sigmas import (
     TIMESTEP_SPACINGS,
     interp_sigmas,
-    resample_sigmas,
     sigma_to_t,
     spaced_timesteps,
     training_sigmas,
@@ -28,13 +35,9 @@ from sdxl.schedulers.sigmas import (
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class UniPCMultistepSchedulerConfig(SchedulerConfig):
+class UniPCMultistepSchedulerConfig(SolverConfig):
     """diffusers' UniPCMultistepScheduler config keys and defaults (flow matching and solver_p unsupported)."""
 
-    solver_order: int = 2
-    thresholding: bool = False
-    dynamic_thresholding_ratio: float = 0.995
-    sample_max_value: float = 1.0
     predict_x0: bool = True
     solver_type: str = "bh2"
     lower_order_final: bool = True
@@ -56,15 +59,12 @@ class UniPCMultistepSchedulerConfig(SchedulerConfig):
     shift_terminal: float | None = None
 
     choices: ClassVar[dict[str, tuple]] = {
-        **SchedulerConfig.choices,
-        "solver_order": (1, 2, 3),
+        **SolverConfig.choices,
         "solver_type": ("bh1", "bh2"),
         "solver_p": (None,),
         "timestep_spacing": TIMESTEP_SPACINGS,
         "final_sigmas_type": ("zero", "sigma_min"),
-        "use_flow_sigmas": (False, None),
-        "use_dynamic_shifting": (False, None),
-        "time_shift_type": ("exponential",),
+        **FLOW_MATCHING_OFF,
         "shift_terminal": (None,),
     }
     # DPM-Solver and DEIS configs name their own solvers; diffusers maps them onto bh2
@@ -144,12 +144,7 @@ class UniPCMultistepScheduler(Scheduler):
     supports_custom_sigmas: ClassVar[bool] = False
 
     def _init_schedule(self) -> None:
-        self.alpha_t = torch.sqrt(self.alphas_cumprod)
-        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
-        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
-        self.sigmas = training_sigmas(self.alphas_cumprod)
-        num_train = self.config.num_train_timesteps
-        self.timesteps = torch.from_numpy(np.linspace(0, num_train - 1, num_train, dtype=np.float32)[::-1].copy())
+        init_log_snr_schedule(self)
         self.predict_x0 = self.config.predict_x0
         self.disable_corrector = list(self.config.disable_corrector)
         self.solver_p = None
@@ -176,10 +171,7 @@ class UniPCMultistepScheduler(Scheduler):
             sigmas = interp_sigmas(timesteps, train)
             sigma_last = train[0] if cfg.final_sigmas_type == "sigma_min" else 0.0
         else:
-            # sigma_min/sigma_max of the config (or carried over from another scheduler's), as in diffusers
-            sigma_min = float(train[0]) if cfg.sigma_min is None else cfg.sigma_min
-            sigma_max = float(train[-1]) if cfg.sigma_max is None else cfg.sigma_max
-            sigmas = resample_sigmas(kind, sigma_min, sigma_max, num_inference_steps)
+            sigmas = resample_in_range(cfg, kind, train, num_inference_steps)
             timesteps = sigma_to_t(sigmas, np.log(train))
             if kind == "karras":
                 timesteps = timesteps.round()
@@ -222,15 +214,7 @@ class UniPCMultistepScheduler(Scheduler):
         cfg = self.config
         p = self._points[self._step_index]
         if self.predict_x0:
-            if cfg.prediction_type == "epsilon":
-                x0 = (sample - p.sigma * model_output) / p.alpha
-            elif cfg.prediction_type == "sample":
-                x0 = model_output
-            else:  # v_prediction
-                x0 = p.alpha * sample - p.sigma * model_output
-            if cfg.thresholding:
-                x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-            return x0
+            return data_prediction(cfg, model_output, sample, p)
         if cfg.prediction_type == "epsilon":
             return model_output
         if cfg.prediction_type == "sample":
@@ -287,10 +271,7 @@ class UniPCMultistepScheduler(Scheduler):
     ) -> SchedulerOutput | tuple[torch.Tensor]:
         """Correct the current sample with the new output (UniC), then predict the next (UniP); `generator` unused."""
         cfg = self.config
-        if self.num_inference_steps is None:
-            raise ValueError("UniPCMultistepScheduler.step called before set_timesteps; call set_timesteps first")
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        self._start_step(timestep)
         i = self._step_index
         use_corrector = i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None
         converted = self.convert_model_output(model_output, sample)
