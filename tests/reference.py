@@ -144,25 +144,32 @@ def make_vae(seed: int = 0):
     return vae.eval()
 
 
+# SDXL base's scheduler/scheduler_config.json as published (keys of DDIM/PNDM included, as diffusers wrote it).
+SDXL_SCHEDULER_JSON = {
+    "_class_name": "EulerDiscreteScheduler",
+    "_diffusers_version": "0.19.0.dev0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+
 def make_scheduler():
-    """SDXL's own scheduler config (the official base checkpoint's scheduler_config.json)."""
+    """diffusers' EulerDiscreteScheduler from SDXL's own published scheduler config."""
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler.from_config(dict(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        prediction_type="epsilon",
-        steps_offset=1,
-        timestep_spacing="leading",
-        interpolation_type="linear",
-        use_karras_sigmas=False,
-        sample_max_value=1.0,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        clip_sample=False,
-    ))
+    return EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_JSON)
 
 
 def make_base_pipeline(folder: Path, seed: int = 0):

@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import diffusers
 import pytest
+from reference import SDXL_SCHEDULER_JSON
 
 import sdxl
 from sdxl.params import SAMPLERS, find_sampler
 from sdxl.schedulers.base import scheduler_class
 
-# SDXL base's scheduler_config.json, as published
-SDXL_SCHEDULER_JSON = {
-    "_class_name": "EulerDiscreteScheduler",
-    "_diffusers_version": "0.19.0.dev0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
-}
 ENTRIES = list(SAMPLERS.values())
 A1111_NAMES = [
     "Euler", "Euler a", "Heun", "LMS", "LMS Karras", "DPM2", "DPM2 a", "DPM2 Karras", "DPM2 a Karras", "DPM++ 2M",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from reference import SDXL_SCHEDULER_JSON  # noqa: F401  (the scheduler tests import it from here)
 
 # SDXL's scheduler_config.json (stabilityai/stable-diffusion-xl-base-1.0), minus keys of other schedulers
 SDXL = {
@@ -11,25 +12,6 @@ SDXL = {
     "beta_schedule": "scaled_linear",
     "timestep_spacing": "leading",
     "steps_offset": 1,
-}
-# the file itself, as published (keys of DDIM/PNDM included, as diffusers wrote it)
-SDXL_SCHEDULER_JSON = {
-    "_class_name": "EulerDiscreteScheduler",
-    "_diffusers_version": "0.19.0.dev0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "interpolation_type": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "sample_max_value": 1.0,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "trained_betas": None,
-    "use_karras_sigmas": False,
 }
 STEP_COUNTS = (1, 2, 3, 10, 25, 50)
 REL_TOL = 1e-6
