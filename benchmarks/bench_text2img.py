@@ -132,8 +132,13 @@ def main() -> None:
     for pipe in (ref, ours):
         pipe.set_progress_bar_config(disable=True)
 
-    def run(pipe):
+    peak_extra = {"ours": 0, "diffusers": 0}
+
+    def run(pipe, name=None):
         _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            resident = torch.cuda.memory_allocated(device)
         start = time.perf_counter()
         image = pipe(
             "a cat sitting on a beach at sunset",
@@ -145,7 +150,11 @@ def main() -> None:
             output_type="np",
         ).images
         _sync(device)
-        return time.perf_counter() - start, image
+        seconds = time.perf_counter() - start
+        if device.type == "cuda" and name is not None:
+            # activations and workspaces above the (shared) weights
+            peak_extra[name] = max(peak_extra[name], torch.cuda.max_memory_allocated(device) - resident)
+        return seconds, image
 
     run(ours), run(ref)  # warm-up (allocator, kernels)
     times = {"ours": [], "diffusers": []}
@@ -156,7 +165,7 @@ def main() -> None:
             order.reverse()
         images = {}
         for name, pipe in order:
-            seconds, images[name] = run(pipe)
+            seconds, images[name] = run(pipe, name)
             times[name].append(seconds)
         max_diff = max(max_diff, float(abs(images["ours"] - images["diffusers"]).max()))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -180,12 +189,18 @@ def main() -> None:
         "ratio_diffusers_over_ours": med["diffusers"] / med["ours"],
         "max_abs_pixel_diff": max_diff,
     }
+    if device.type == "cuda":
+        result["peak_bytes_above_weights"] = peak_extra
+        result["weights_bytes"] = torch.cuda.memory_allocated(device)
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
         f"text2img-{device.type}-{args.config}-{args.size}px-{args.dtype}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"ours {med['ours']:.3f}s  diffusers {med['diffusers']:.3f}s  ratio (diffusers/ours) "
           f"{result['ratio_diffusers_over_ours']:.3f}  max pixel diff {max_diff:.4f}  -> {out}")
+    if device.type == "cuda":
+        print(f"peak GiB above weights: ours {peak_extra['ours'] / 2**30:.2f}  diffusers "
+              f"{peak_extra['diffusers'] / 2**30:.2f}")
 
 
 if __name__ == "__main__":
