@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention
-from .base import ConfiguredModel
 from sdxl.noise import randn_tensor
 
+from .attention import Attention
+from .base import ConfiguredModel
 from .layers import Downsample2D, ModelOutput, ResnetBlock2D, Upsample2D, config_from_dict, config_to_dict
+from .vae_tiling import blend_h, blend_v, sliced, tiled
 
 _CLASS_NAME = "AutoencoderKL"
 # diffusers builds every VAE norm with this eps, whatever the config says.
@@ -249,6 +250,10 @@ class AutoencoderKL(ConfiguredModel):
 
     Latents are not scaled here: pipelines multiply by `config.scaling_factor` after encoding and divide before
     decoding, as with diffusers.
+
+    Memory options, as diffusers: `enable_slicing()` encodes/decodes one batch item at a time; `enable_tiling()`
+    splits inputs larger than `tile_sample_min_size` pixels (`tile_latent_min_size` latents; default the config's
+    `sample_size`) into tiles overlapping by `tile_overlap_factor`, blended across the seams (see `vae_tiling`).
     """
 
     def __init__(self, config: VAEConfig):
@@ -259,23 +264,79 @@ class AutoencoderKL(ConfiguredModel):
         self.decoder = Decoder(config)
         self.quant_conv = nn.Conv2d(2 * c, 2 * c, kernel_size=1) if config.use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(c, c, kernel_size=1) if config.use_post_quant_conv else None
+        # memory options (plain attributes, as diffusers: users may set the tile sizes directly)
+        self.use_slicing = False
+        self.use_tiling = False
+        size = config.sample_size[0] if isinstance(config.sample_size, tuple) else config.sample_size
+        self.tile_sample_min_size = int(size)
+        self.tile_latent_min_size = int(size / 2 ** (len(config.block_out_channels) - 1))
+        self.tile_overlap_factor = 0.25
 
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        """One batch of images (B, 3, H, W) in [-1, 1] -> posterior moments (B, 2 * latent_channels, h, w)."""
+    def enable_tiling(self) -> None:
+        """Encode/decode large inputs in overlapping tiles (less memory; outputs differ slightly near seams)."""
+        self.use_tiling = True
+
+    def disable_tiling(self) -> None:
+        """Encode/decode in one piece again."""
+        self.use_tiling = False
+
+    def enable_slicing(self) -> None:
+        """Encode/decode a batch one item at a time (less memory for large batches; same outputs)."""
+        self.use_slicing = True
+
+    def disable_slicing(self) -> None:
+        """Encode/decode the whole batch at once again."""
+        self.use_slicing = False
+
+    # diffusers' method names for the seam blending, for code written against it
+    blend_v = staticmethod(blend_v)
+    blend_h = staticmethod(blend_h)
+
+    def _encode_tile(self, x: torch.Tensor) -> torch.Tensor:
         moments = self.encoder(x)
         return self.quant_conv(moments) if self.quant_conv is not None else moments
 
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        """One batch of latents (B, latent_channels, h, w) -> images (B, 3, H, W), roughly in [-1, 1]."""
+    def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """One batch of images (B, 3, H, W) in [-1, 1] -> posterior moments (B, 2 * latent_channels, h, w)."""
+        if self.use_tiling and max(x.shape[-2:]) > self.tile_sample_min_size:
+            return self._tiled_encode(x)
+        return self._encode_tile(x)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """One batch of latents (B, latent_channels, h, w) -> images (B, 3, H, W), roughly in [-1, 1]."""
+        if self.use_tiling and max(z.shape[-2:]) > self.tile_latent_min_size:
+            return self._tiled_decode(z)
+        return self._decode_tile(z)
+
+    def _tiled_encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> posterior moments, encoded in overlapping `tile_sample_min_size` tiles."""
+        return tiled(self._encode_tile, x, self.tile_sample_min_size, self.tile_latent_min_size, self.tile_overlap_factor)
+
+    def _tiled_decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, h, w) -> images, decoded in overlapping `tile_latent_min_size` tiles."""
+        return tiled(self._decode_tile, z, self.tile_latent_min_size, self.tile_sample_min_size, self.tile_overlap_factor)
+
+    def tiled_encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple[Any]:
+        """Tiled `encode` whatever the input size (diffusers' public method)."""
+        posterior = DiagonalGaussianDistribution(self._tiled_encode(x))
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def tiled_decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
+        """Tiled `decode` whatever the latent size (diffusers' public method)."""
+        images = self._tiled_decode(z)
+        return DecoderOutput(sample=images) if return_dict else (images,)
 
     def encode(
         self, x: torch.Tensor, return_dict: bool = True
     ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
         """Images (B, in_channels, H, W) -> `.latent_dist`, a DiagonalGaussianDistribution (unscaled latents)."""
-        posterior = DiagonalGaussianDistribution(self._encode(x))
+        moments = sliced(self._encode, x) if self.use_slicing and x.shape[0] > 1 else self._encode(x)
+        posterior = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     def decode(
@@ -283,7 +344,7 @@ class AutoencoderKL(ConfiguredModel):
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Unscaled latents (B, latent_channels, h, w) -> `.sample` images. `generator` is accepted and unused,
         as in diffusers (the decoder is deterministic)."""
-        images = self._decode(z)
+        images = sliced(self._decode, z) if self.use_slicing and z.shape[0] > 1 else self._decode(z)
         return DecoderOutput(sample=images) if return_dict else (images,)
 
     def forward(

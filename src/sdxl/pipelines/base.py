@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from sdxl.pipelines.offload import ModelOffload, SequentialOffload, accelerator_device
+
 logger = logging.getLogger(__name__)
 
 # model_index.json `_class_name` -> module defining the class of that name
@@ -85,6 +87,8 @@ class DiffusionPipeline:
     _component_names: tuple[str, ...] = ()
     _required_components: tuple[str, ...] = ()
     _init_options: tuple[str, ...] = ()
+    # the order models run in (diffusers' attribute); model CPU offload manages these, then any other model
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
 
     def register_components(self, **components: Any) -> None:
         """Set each component as an attribute (`pipe.unet`, ...); plain assignment replaces one later."""
@@ -112,7 +116,11 @@ class DiffusionPipeline:
 
     @property
     def device(self) -> torch.device:
-        """Where the pipeline computes: the first accelerator device among the models, else the first model's."""
+        """Where the pipeline computes: the offload accelerator when CPU offload is on, else the first accelerator
+        device among the models, else the first model's."""
+        offload = getattr(self, "_offload", None)
+        if offload is not None:
+            return offload.device
         devices = [m.device for m in self._modules()]
         for device in devices:
             if device.type not in ("cpu", "meta"):
@@ -158,6 +166,18 @@ class DiffusionPipeline:
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"`dtype` must be a torch.dtype such as torch.float16, but got {dtype!r}.")
         move = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        offload = getattr(self, "_offload", None)
+        if offload is not None and device is not None:
+            if isinstance(offload, SequentialOffload) and torch.device(device).type != "cpu":
+                raise ValueError(
+                    f"pipe.to({str(device)!r}) after enable_sequential_cpu_offload(): the weights are managed by the "
+                    "offload hooks. Call pipe.remove_all_hooks() first to place the whole pipeline yourself."
+                )
+            logger.warning(
+                "pipe.to(%s) after enable_*_cpu_offload(): the offload hooks are removed and every model moved; "
+                "offloading's memory savings are lost.", device,
+            )
+            self.remove_all_hooks()
         for module in self._modules():
             module.to(**move)
         return self
@@ -176,6 +196,157 @@ class DiffusionPipeline:
         if total is not None:
             return tqdm(total=total, **config)
         raise ValueError("progress_bar() needs an `iterable` or a `total`.")
+
+    # ---- memory options ---------------------------------------------------------------------------------------------
+
+    def _offload_models(self) -> dict[str, torch.nn.Module]:
+        """{name: model} in `model_cpu_offload_seq` order, then the other models."""
+        models = {n: c for n, c in self.components.items() if isinstance(c, torch.nn.Module)}
+        order = [n for n in self.model_cpu_offload_seq.split("->") if n in models]
+        return {n: models[n] for n in order + [n for n in models if n not in order]}
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: torch.device | str | None = None) -> None:
+        """Keep the models on the CPU and move each to the accelerator when it runs, the previous one back.
+
+        At most one model (text_encoder, text_encoder_2, unet, vae, in the order they run) is on the accelerator at
+        a time; `pipe.device` reports the accelerator. `device` None detects it (CUDA, XPU, MPS); with none, a
+        RuntimeError, as diffusers. Our own hooks: accelerate is not needed.
+        """
+        self._enable_model_offload(accelerator_device(gpu_id, device, "enable_model_cpu_offload"))
+
+    def _enable_model_offload(self, device: torch.device | str) -> None:
+        # any device, the CPU included: the tests run the hook logic on CPU-only machines this way
+        self.remove_all_hooks()
+        self._offload = ModelOffload(self._offload_models(), torch.device(device))
+
+    def enable_sequential_cpu_offload(
+        self, gpu_id: int | None = None, device: torch.device | str | None = None
+    ) -> None:
+        """Keep every weight on the CPU; each layer's weights visit the accelerator only for its forward.
+
+        The least accelerator memory (one layer's weights at a time) and the slowest; arguments and the error with
+        no accelerator as `enable_model_cpu_offload`.
+        """
+        self._enable_sequential_offload(accelerator_device(gpu_id, device, "enable_sequential_cpu_offload"))
+
+    def _enable_sequential_offload(self, device: torch.device | str) -> None:
+        self.remove_all_hooks()
+        self._offload = SequentialOffload(self._offload_models(), torch.device(device))
+
+    def maybe_free_model_hooks(self) -> None:
+        """After a call with model CPU offload: move the model left on the accelerator back to the CPU."""
+        offload = getattr(self, "_offload", None)
+        if offload is not None:
+            offload.offload()
+
+    def remove_all_hooks(self) -> None:
+        """Turn CPU offload off: remove its hooks (the models stay where they are, normally the CPU)."""
+        offload = getattr(self, "_offload", None)
+        if offload is not None:
+            offload.remove()
+        self._offload = None
+
+    def _vae(self, what: str) -> Any:
+        vae = getattr(self, "vae", None)
+        if vae is None or not hasattr(vae, "enable_tiling"):
+            raise ValueError(f"{what} needs the pipeline's `vae` (an AutoencoderKL), but it is {vae!r}.")
+        return vae
+
+    def enable_vae_tiling(self) -> None:
+        """Decode/encode large images in overlapping tiles (`pipe.vae.enable_tiling()`): a 2048x2048 decode fits in
+        far less memory; outputs differ slightly from untiled near tile seams."""
+        self._vae("enable_vae_tiling").enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        """Decode/encode in one piece again."""
+        self._vae("disable_vae_tiling").disable_tiling()
+
+    def enable_vae_slicing(self) -> None:
+        """Decode/encode a batch one image at a time (`pipe.vae.enable_slicing()`): same images, less memory."""
+        self._vae("enable_vae_slicing").enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        """Decode/encode the whole batch at once again."""
+        self._vae("disable_vae_slicing").disable_slicing()
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        """Accepted for diffusers compatibility; a no-op: attention already runs through PyTorch's
+        scaled_dot_product_attention, which picks a memory-efficient (or flash) kernel itself."""
+        logger.info("enable_xformers_memory_efficient_attention: sdxl already uses PyTorch SDPA attention; nothing to do.")
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Accepted for diffusers compatibility; a no-op (see `enable_xformers_memory_efficient_attention`)."""
+
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        """Accepted for diffusers compatibility; a no-op: SDPA's memory-efficient kernels already avoid the full
+        attention matrix that slicing was meant to split."""
+        if slice_size is not None and not isinstance(slice_size, (str, int)):
+            raise TypeError(f"`slice_size` must be 'auto', 'max', an int or None, but got {slice_size!r}.")
+        if isinstance(slice_size, str) and slice_size not in ("auto", "max"):
+            raise ValueError(f"`slice_size` must be 'auto', 'max', an int or None, but got {slice_size!r}.")
+        logger.info("enable_attention_slicing: sdxl uses PyTorch SDPA attention, which needs no slicing; nothing to do.")
+
+    def disable_attention_slicing(self) -> None:
+        """Accepted for diffusers compatibility; a no-op."""
+
+    # ---- building pipelines -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs: Any) -> DiffusionPipeline:
+        """A `cls` pipeline on the same component objects as `pipeline`: no copy, no new memory.
+
+        `StableDiffusionXLImg2ImgPipeline.from_pipe(text2img_pipe)` shares the models, tokenizers and scheduler.
+        Keyword arguments named like components replace that component; the others are `cls`'s options
+        (`requires_aesthetics_score`, ...), which override the source pipeline's config. Config values `cls` does not
+        take are kept as private `_name` entries, so a round trip gives them back. `torch_dtype` (or `dtype`) casts the
+        shared models in place. Unlike diffusers 0.42, which casts them to float32 when no dtype is given (the
+        source pipeline included), the models keep their dtype. CPU offload set on `pipeline` stays in effect.
+        """
+        target = type(pipeline) if cls is DiffusionPipeline else cls
+        torch_dtype, dtype = kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None)
+        if torch_dtype is not None and dtype is not None:
+            raise ValueError("Pass the dtype once: as `torch_dtype` or as `dtype`, not both.")
+        dtype = torch_dtype if torch_dtype is not None else dtype
+        passed = {n: kwargs.pop(n) for n in target._component_names if n in kwargs}
+        source = pipeline.components
+        components = {n: passed[n] if n in passed else source.get(n) for n in target._component_names}
+        options = {k: kwargs.pop(k) for k in target._init_options if k in kwargs}
+        if kwargs:
+            raise TypeError(
+                f"{target.__name__}.from_pipe got unexpected keyword arguments {sorted(kwargs)}; it takes the "
+                f"components {list(target._component_names)}, the options {list(target._init_options)} and torch_dtype."
+            )
+        config = {k: v for k, v in pipeline.config.items() if k != "_class_name"}
+        name_or_path = config.pop("_name_or_path", None)
+        for key in target._init_options:
+            if key in options:
+                continue
+            if key in config:
+                options[key] = config.pop(key)
+            elif f"_{key}" in config:  # an option an earlier from_pipe could not pass on
+                options[key] = config.pop(f"_{key}")
+        missing = [n for n in target._required_components if components.get(n) is None]
+        if missing:
+            raise ValueError(
+                f"{target.__name__}.from_pipe needs the components {missing}, which {type(pipeline).__name__} does not "
+                f"have: pass them as keyword arguments ({', '.join(f'{n}=...' for n in missing)})."
+            )
+        pipe = target(**components, **options)
+        unused = {k if k.startswith("_") else f"_{k}": v for k, v in config.items()}
+        pipe.register_to_config(**unused)
+        if name_or_path is not None:
+            pipe.register_to_config(_name_or_path=name_or_path)
+        if dtype is not None:
+            pipe.to(dtype=dtype)
+        offload = getattr(pipeline, "_offload", None)
+        if offload is not None:
+            if any(components[n] is not m for n, m in offload.models.items() if n in components):
+                logger.warning(
+                    "from_pipe: a replaced component is not covered by the source pipeline's CPU offload; call "
+                    "enable_model_cpu_offload() on the new pipeline."
+                )
+            pipe._offload = offload
+        return pipe
 
     @classmethod
     def from_pretrained(

@@ -404,6 +404,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
             if self.watermark is not None:
                 image = self.watermark.apply_watermark(image)
             image = postprocess(image, output_type)
+        self.maybe_free_model_hooks()
         if not return_dict:
             return (image,)
         return StableDiffusionXLPipelineOutput(images=image)
