@@ -36,6 +36,11 @@ _LAZY = {
     # pipelines
     "DiffusionPipeline": "sdxl.pipelines.base",
     "StableDiffusionXLPipeline": "sdxl.pipelines.text2img",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl.pipelines.img2img",
+    "StableDiffusionXLInpaintPipeline": "sdxl.pipelines.inpaint",
+    "AutoPipelineForText2Image": "sdxl.pipelines.auto",
+    "AutoPipelineForImage2Image": "sdxl.pipelines.auto",
+    "AutoPipelineForInpainting": "sdxl.pipelines.auto",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]

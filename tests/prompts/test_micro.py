@@ -38,8 +38,8 @@ def test_lists_and_tuples_both_work():
 @pytest.mark.parametrize(
     ("kind", "n_ids", "match"),
     [
-        ("base", 5, "one more id: it was trained with the refiner layout.*enable `requires_aesthetics_score`"),
-        ("refiner", 6, "one id fewer: it was trained with the base layout.*disable `requires_aesthetics_score`"),
+        ("base", 5, "one id more: it was trained with the base layout.*disable `requires_aesthetics_score`"),
+        ("refiner", 6, "one id fewer: it was trained with the refiner layout.*requires_aesthetics_score=True"),
         ("base", 8, "Check `unet.config.addition_time_embed_dim`"),
     ],
 )

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 # model_index.json `_class_name` -> module defining the class of that name
 PIPELINE_CLASSES: dict[str, str] = {
     "StableDiffusionXLPipeline": "sdxl.pipelines.text2img",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl.pipelines.img2img",
+    "StableDiffusionXLInpaintPipeline": "sdxl.pipelines.inpaint",
 }
 
 # Every component name a diffusers SDXL model_index.json may list; these `from_pretrained` kwargs replace

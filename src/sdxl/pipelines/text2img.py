@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from sdxl.image import VaeImageProcessor, check_output_type, postprocess
-from sdxl.watermark import StableDiffusionXLWatermarker, is_watermark_available
 from sdxl.loading.weights import load_file
 from sdxl.pipelines.base import DiffusionPipeline, PipelineOutput
 from sdxl.pipelines.denoise import (
@@ -31,6 +30,7 @@ from sdxl.prompts.embeddings import add_textual_inversion
 from sdxl.prompts.encode import check_prompt_inputs, encode_prompt, prompt_batch_size
 from sdxl.prompts.micro import base_time_ids, time_ids_tensor
 from sdxl.prompts.weighting import parser_for
+from sdxl.watermark import StableDiffusionXLWatermarker, is_watermark_available
 
 logger = logging.getLogger(__name__)
 
@@ -243,11 +243,27 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         **prompt_inputs: Any,
     ) -> None:
         """ValueError/TypeError for everything the call cannot run with, before any work is done."""
+        if height % 8 != 0 or width % 8 != 0:
+            raise ValueError(f"`height` and `width` must be divisible by 8, but are {height} and {width}.")
+        self._check_generation_inputs(
+            num_images_per_prompt, output_type, callback_on_step_end_tensor_inputs, denoising_end,
+            prompt_syntax=prompt_syntax, long_prompts=long_prompts, **prompt_inputs,
+        )
+
+    def _check_generation_inputs(
+        self,
+        num_images_per_prompt: int,
+        output_type: str,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+        denoising_end: float | None,
+        prompt_syntax: str | None = None,
+        long_prompts: bool = False,
+        **prompt_inputs: Any,
+    ) -> None:
+        """The checks every SDXL mode shares (all of `check_inputs` but the output size)."""
         parser_for(prompt_syntax)
         if not isinstance(long_prompts, bool):
             raise TypeError(f"`long_prompts` must be True or False, but got {long_prompts!r}.")
-        if height % 8 != 0 or width % 8 != 0:
-            raise ValueError(f"`height` and `width` must be divisible by 8, but are {height} and {width}.")
         if not is_positive_int(num_images_per_prompt):
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, but got {num_images_per_prompt!r}.")
         check_output_type(output_type)
@@ -360,11 +376,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
 
         # 5. micro-conditioning (1, 6) ids. As in diffusers, the negative ids are the positive ones unless both
         #    negative_original_size and negative_target_size are given (negative crops alone change nothing).
-        projection_dim = (
-            self.text_encoder_2.config.projection_dim
-            if self.text_encoder_2 is not None
-            else int(pooled_prompt_embeds.shape[-1])
-        )
+        projection_dim = self._projection_dim(pooled_prompt_embeds)
         dtype = prompt_embeds.dtype
         add_time_ids = self._time_ids(original_size, crops_coords_top_left, target_size, dtype, projection_dim)
         negative_add_time_ids = add_time_ids
@@ -397,6 +409,18 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         )
 
         # 7. decode and convert
+        return self._output(latents, output_type, return_dict)
+
+    def _projection_dim(self, pooled_prompt_embeds: torch.Tensor) -> int:
+        """Width of the pooled text vector the UNet's added embedding reads."""
+        if self.text_encoder_2 is not None:
+            return self.text_encoder_2.config.projection_dim
+        return int(pooled_prompt_embeds.shape[-1])
+
+    def _output(
+        self, latents: torch.Tensor, output_type: str, return_dict: bool
+    ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
+        """Final latents -> the call's result: decoded, watermarked and converted unless `output_type="latent"`."""
         if output_type == "latent":
             image = latents
         else:

@@ -50,13 +50,15 @@ def check_time_ids_length(n_ids: int, unet_config: Any, projection_dim: int) -> 
     hint = "Check `unet.config.addition_time_embed_dim` and `text_encoder_2.config.projection_dim`."
     if expected - passed == per_id:
         hint = (
-            "The UNet expects one more id: it was trained with the refiner layout (aesthetic score); enable "
-            "`requires_aesthetics_score` (pipe.register_to_config(requires_aesthetics_score=True))."
+            "The UNet expects one id more: it was trained with the base layout (original size, crop, target size; "
+            "6 ids), not the refiner's aesthetic-score layout; disable `requires_aesthetics_score` "
+            "(pipe.register_to_config(requires_aesthetics_score=False))."
         )
     elif passed - expected == per_id:
         hint = (
-            "The UNet expects one id fewer: it was trained with the base layout (target size); disable "
-            "`requires_aesthetics_score` (pipe.register_to_config(requires_aesthetics_score=False))."
+            "The UNet expects one id fewer: it was trained with the refiner layout (original size, crop, aesthetic "
+            "score; 5 ids); load it with StableDiffusionXLImg2ImgPipeline and `requires_aesthetics_score=True` "
+            "(pipe.register_to_config(requires_aesthetics_score=True))."
         )
     raise ValueError(
         f"The UNet expects an added time embedding vector of length {expected} "
