@@ -22,6 +22,10 @@ EPILOG = """examples:
   sdxl generate "a red circle on a blue background" --model ./tiny-sdxl -o out.png
   sdxl generate "an astronaut in a jungle" --model stabilityai/stable-diffusion-xl-base-1.0 \\
       --steps 30 --scheduler "DPM++ 2M Karras" --seed 42 -o astronaut.png
+  sdxl generate "a lion" --model stabilityai/stable-diffusion-xl-base-1.0 \\
+      --refiner stabilityai/stable-diffusion-xl-refiner-1.0 --refiner-start 0.8 -o lion.png
+  sdxl img2img "a watercolour painting" --image photo.png --strength 0.5 --model ./tiny-sdxl -o painted.png
+  sdxl inpaint "a tiger" --image dog.png --mask mask.png --model ./tiny-sdxl -o tiger.png
 """
 
 
@@ -32,7 +36,8 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdxl",
-        description="Stable Diffusion XL inference: text-to-image with diffusers-compatible checkpoints.",
+        description="Stable Diffusion XL inference: text-to-image, image-to-image and inpainting with "
+        "diffusers-compatible checkpoints.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -44,44 +49,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate images from a text prompt",
         description="Generate images from a text prompt and save them as PNG (with A1111 `parameters` metadata).",
     )
-    gen.add_argument("prompt", help="what to draw")
-    gen.add_argument(
-        "--model",
-        "-m",
-        required=True,
-        help="a diffusers-layout folder or a hub id (e.g. stabilityai/stable-diffusion-xl-base-1.0)",
+    _add_generation_flags(gen, size=True)
+    _add_refiner_flags(gen)
+
+    img2img = sub.add_parser(
+        "img2img",
+        help="redraw an image guided by a text prompt",
+        description="Image-to-image: noise the input image part of the way (--strength) and denoise it towards the "
+        "prompt. The output has the input's size.",
     )
-    gen.add_argument("--output", "-o", default="out.png", help="output PNG path (default: out.png); with "
-                     "--num-images N > 1 the files are NAME-0.png ... NAME-(N-1).png")
-    gen.add_argument("--negative", default="", help="negative prompt: what to steer away from")
-    gen.add_argument("--prompt-2", default=None, help="prompt for the second text encoder (default: the prompt)")
-    gen.add_argument("--steps", type=int, default=30, help="number of denoising steps (default: 30)")
-    gen.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: 5.0)")
-    gen.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
-    gen.add_argument("--width", type=int, default=None, help="image width, divisible by 8 (default: the model's)")
-    gen.add_argument("--height", type=int, default=None, help="image height, divisible by 8 (default: the model's)")
-    gen.add_argument("--num-images", type=int, default=1, help="how many images (seeds SEED, SEED+1, ...)")
-    gen.add_argument(
-        "--scheduler",
-        default=None,
-        help="sampler name, e.g. 'Euler' or 'DPM++ 2M Karras' (see `sdxl schedulers`; default: the model's)",
+    _add_generation_flags(img2img, size=False)
+    img2img.add_argument("--image", "-i", required=True, help="the input image (PNG, JPEG, ...)")
+    img2img.add_argument("--strength", type=float, default=0.3,
+                         help="how much to change the image: 0 keeps it, 1 redraws it (default: 0.3)")
+    _add_refiner_flags(img2img)
+
+    inpaint = sub.add_parser(
+        "inpaint",
+        help="redraw the masked part of an image",
+        description="Inpainting: redraw where the mask is white, keep where it is black. Works with a base model "
+        "(latent blending) and with a 9-channel inpainting model.",
     )
-    gen.add_argument(
-        "--prompt-syntax",
-        choices=("none", "a1111", "compel"),
-        default="none",
-        help="prompt weighting: a1111 = (word:1.2), (word), [word]; compel = word+, (words)1.2, word--; "
-        "none = the text as is (default)",
-    )
-    gen.add_argument(
-        "--long-prompts",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="encode prompts past 77 tokens in windows instead of truncating them (default: on)",
-    )
-    gen.add_argument("--dtype", choices=DTYPES, default="auto", help="auto = float16 on GPU, float32 on CPU")
-    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (default: auto)")
-    gen.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_generation_flags(inpaint, size=True)
+    inpaint.add_argument("--image", "-i", required=True, help="the input image")
+    inpaint.add_argument("--mask", required=True, help="the mask image: white = redraw, black = keep")
+    inpaint.add_argument("--strength", type=float, default=0.9999,
+                         help="how much to change the masked region, in [0, 1] (default: 0.9999, as diffusers)")
+    inpaint.add_argument("--mask-blur", type=int, default=0, help="blur the mask edge by this many pixels (default: 0)")
+    inpaint.add_argument("--padding-mask-crop", type=int, default=None,
+                         help="inpaint only a crop around the mask, padded by this many pixels, then paste it back")
+    _add_refiner_flags(inpaint)
 
     tiny = sub.add_parser(
         "tiny-checkpoint",
@@ -91,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("folder", help="where to write it")
     tiny.add_argument("--seed", type=int, default=0, help="seed for the random weights (default: 0)")
+    tiny.add_argument("--refiner", action="store_true", help="write a tiny refiner (img2img, aesthetic score) instead")
 
     sub.add_parser("schedulers", help="list the sampler names --scheduler accepts")
 
@@ -118,6 +116,59 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--variant", default=None, help="write `*.VARIANT.safetensors` files (e.g. fp16)")
     convert.add_argument("--allow-pickle", action="store_true", help="read a pickle checkpoint (weights_only=True)")
     return parser
+
+
+def _add_generation_flags(parser: argparse.ArgumentParser, *, size: bool) -> None:
+    """The flags every generating subcommand shares (prompts, model, sampler, seed, output, device)."""
+    parser.add_argument("prompt", help="what to draw")
+    parser.add_argument(
+        "--model",
+        "-m",
+        required=True,
+        help="a diffusers-layout folder or a hub id (e.g. stabilityai/stable-diffusion-xl-base-1.0)",
+    )
+    parser.add_argument("--output", "-o", default="out.png", help="output PNG path (default: out.png); with "
+                        "--num-images N > 1 the files are NAME-0.png ... NAME-(N-1).png")
+    parser.add_argument("--negative", default="", help="negative prompt: what to steer away from")
+    parser.add_argument("--prompt-2", default=None, help="prompt for the second text encoder (default: the prompt)")
+    parser.add_argument("--steps", type=int, default=30, help="number of denoising steps (default: 30)")
+    parser.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: 5.0)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
+    if size:
+        parser.add_argument("--width", type=int, default=None, help="image width, divisible by 8 (default: the "
+                            "model's, or the input image's)")
+        parser.add_argument("--height", type=int, default=None, help="image height, divisible by 8 (default: the "
+                            "model's, or the input image's)")
+    parser.add_argument("--num-images", type=int, default=1, help="how many images (seeds SEED, SEED+1, ...)")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="sampler name, e.g. 'Euler' or 'DPM++ 2M Karras' (see `sdxl schedulers`; default: the model's)",
+    )
+    parser.add_argument(
+        "--prompt-syntax",
+        choices=("none", "a1111", "compel"),
+        default="none",
+        help="prompt weighting: a1111 = (word:1.2), (word), [word]; compel = word+, (words)1.2, word--; "
+        "none = the text as is (default)",
+    )
+    parser.add_argument(
+        "--long-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="encode prompts past 77 tokens in windows instead of truncating them (default: on)",
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto = float16 on GPU, float32 on CPU")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (default: auto)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _add_refiner_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--refiner", default=None, metavar="MODEL",
+                        help="a refiner checkpoint (folder or hub id): the base stops at --refiner-start and the "
+                        "refiner denoises the rest (the ensemble of experts)")
+    parser.add_argument("--refiner-start", type=float, default=0.8,
+                        help="fraction of the schedule after which the refiner takes over, in (0, 1) (default: 0.8)")
 
 
 def _resolve_device(name: str):
@@ -168,14 +219,51 @@ def _output_paths(output: str, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
 
 
-def _generate(args: argparse.Namespace) -> int:
+# subcommand -> (pipeline class for the base model, class for the refiner stage)
+PIPELINES = {
+    "generate": ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+    "img2img": ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline"),
+    "inpaint": ("StableDiffusionXLInpaintPipeline", "StableDiffusionXLInpaintPipeline"),
+}
+
+
+def _check_generation_args(args: argparse.Namespace) -> None:
+    """Every mistake the command line can show before a model is loaded."""
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1 (got {args.steps})")
     if args.num_images < 1:
         raise UsageError(f"--num-images must be at least 1 (got {args.num_images})")
-    for flag, value in (("--width", args.width), ("--height", args.height)):
+    for flag in ("width", "height"):
+        value = getattr(args, flag, None)
         if value is not None and (value <= 0 or value % 8):
-            raise UsageError(f"{flag} must be a positive multiple of 8 (got {value}); try {max(8, value // 8 * 8)}")
+            raise UsageError(f"--{flag} must be a positive multiple of 8 (got {value}); try {max(8, value // 8 * 8)}")
+    strength = getattr(args, "strength", None)
+    if strength is not None and not 0 <= strength <= 1:
+        raise UsageError(f"--strength must be between 0 and 1 (got {strength})")
+    if args.refiner is not None and not 0 < args.refiner_start < 1:
+        raise UsageError(f"--refiner-start must lie strictly between 0 and 1 (got {args.refiner_start})")
+    if getattr(args, "mask_blur", 0) < 0:
+        raise UsageError(f"--mask-blur must be 0 or more pixels (got {args.mask_blur})")
+    if getattr(args, "padding_mask_crop", None) is not None and args.padding_mask_crop < 0:
+        raise UsageError(f"--padding-mask-crop must be 0 or more pixels (got {args.padding_mask_crop})")
+    if args.refiner is not None and getattr(args, "padding_mask_crop", None) is not None:
+        raise UsageError("--padding-mask-crop cannot be combined with --refiner (the base would hand over the "
+                         "latents of the crop only); drop one of them")
+    for flag in ("image", "mask"):
+        path = getattr(args, flag, None)
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"--{flag} {path}: no such file")
+
+
+def _load_input_image(path: str):
+    from sdxl.utils import load_image
+
+    return load_image(path)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """`generate`, `img2img` and `inpaint`: one base call, and with --refiner a refiner call on its latents."""
+    _check_generation_args(args)
     sampler = find_sampler(args.scheduler) if args.scheduler else None
     paths = _output_paths(args.output, args.num_images)
     if not paths[0].parent.exists():
@@ -187,7 +275,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     device = _resolve_device(args.device)
     dtype = _resolve_dtype(args.dtype, device)
-    pipe = sdxl.DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype)
+    base_class, refiner_class = PIPELINES[args.command]
+    pipe = getattr(sdxl, base_class).from_pretrained(args.model, torch_dtype=dtype)
     if sampler is not None:
         scheduler_cls = getattr(sdxl, sampler.scheduler)
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config, **sampler.options)
@@ -196,25 +285,49 @@ def _generate(args: argparse.Namespace) -> int:
 
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(args.num_images)]
-    result = pipe(
+    common = dict(
         prompt=args.prompt,
         prompt_2=args.prompt_2,
         negative_prompt=args.negative or None,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
-        width=args.width,
-        height=args.height,
         num_images_per_prompt=args.num_images,
         generator=generators,
         prompt_syntax=None if args.prompt_syntax == "none" else args.prompt_syntax,
         long_prompts=args.long_prompts,
     )
+    kwargs = dict(common)
+    if args.command in ("generate", "inpaint"):
+        kwargs.update(width=args.width, height=args.height)
+    if args.command in ("img2img", "inpaint"):
+        kwargs.update(image=_load_input_image(args.image), strength=args.strength)
+    if args.command == "inpaint":
+        mask = _load_input_image(args.mask)
+        if args.mask_blur:
+            mask = pipe.mask_processor.blur(mask, blur_factor=args.mask_blur)
+        kwargs.update(mask_image=mask, padding_mask_crop=args.padding_mask_crop)
+    if args.refiner is None:
+        images = pipe(**kwargs).images
+    else:
+        latents = pipe(**kwargs, denoising_end=args.refiner_start, output_type="latent").images
+        # the refiner shares the base's second text encoder and VAE objects: no second copy in memory
+        refiner = getattr(sdxl, refiner_class).from_pretrained(
+            args.refiner, text_encoder_2=pipe.text_encoder_2, vae=pipe.vae, torch_dtype=dtype
+        )
+        refiner.scheduler = pipe.scheduler
+        refiner.to(device)
+        refiner.set_progress_bar_config(disable=args.quiet)
+        refine = dict(common, prompt_2=None, image=latents, denoising_start=args.refiner_start)
+        if args.command == "inpaint":
+            # as diffusers' guide: the inpainting refiner takes the base's latents as `image`, and the mask again
+            refine.update(mask_image=kwargs["mask_image"], width=args.width, height=args.height)
+        images = refiner(**refine).images
 
     from sdxl.metadata import save_png
 
-    model_name = Path(args.model).name if os.path.isdir(args.model) else args.model
+    model_name = _display_name(args.model)
     sampler_name = _sampler_name(pipe.scheduler)
-    for i, (image, path) in enumerate(zip(result.images, paths)):
+    for i, (image, path) in enumerate(zip(images, paths)):
         params = GenerationParams(
             prompt=args.prompt,
             negative_prompt=args.negative,
@@ -226,16 +339,27 @@ def _generate(args: argparse.Namespace) -> int:
             width=image.width,
             height=image.height,
             model=model_name,
+            denoising_strength=getattr(args, "strength", None),
+            mask_blur=getattr(args, "mask_blur", None),
+            refiner=_display_name(args.refiner) if args.refiner else "",
+            refiner_switch_at=args.refiner_start if args.refiner else None,
         )
         save_png(image, path, params)
         print(f"saved {path} (seed {seed + i})")
     return 0
 
 
+def _display_name(model: str) -> str:
+    return Path(model).name if os.path.isdir(model) else model
+
+
 def _tiny_checkpoint(args: argparse.Namespace) -> int:
     from sdxl.tiny import write_tiny_checkpoint
 
-    folder = write_tiny_checkpoint(args.folder, seed=args.seed)
+    folder = write_tiny_checkpoint(args.folder, seed=args.seed, refiner=args.refiner)
+    if args.refiner:
+        print(f"wrote a tiny random-weight SDXL refiner to {folder}")
+        return 0
     print(f"wrote a tiny random-weight SDXL checkpoint to {folder}")
     print(f'try: sdxl generate "a red circle on a blue background" --model {folder} -o out.png')
     return 0
@@ -297,6 +421,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "generate": _generate,
+    "img2img": _generate,
+    "inpaint": _generate,
     "tiny-checkpoint": _tiny_checkpoint,
     "schedulers": _schedulers,
     "info": _info,

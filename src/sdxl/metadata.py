@@ -31,6 +31,13 @@ def format_parameters(params: GenerationParams) -> str:
         "Size": f"{params.width}x{params.height}",
         "Model": params.model,
     }
+    if params.denoising_strength is not None:
+        settings["Denoising strength"] = _format_number(params.denoising_strength)
+    if params.mask_blur is not None:
+        settings["Mask blur"] = str(params.mask_blur)
+    if params.refiner:
+        settings["Refiner"] = _quote(params.refiner)
+        settings["Refiner switch at"] = _format_number(params.refiner_switch_at)
     if params.prompt_2:
         settings["Prompt 2"] = _quote(params.prompt_2)
     lines.append(", ".join(f"{key}: {value}" for key, value in settings.items() if value != ""))

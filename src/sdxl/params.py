@@ -79,3 +79,9 @@ class GenerationParams:
     width: int = 1024
     height: int = 1024
     model: str = ""
+    # image-to-image / inpainting: how much of the schedule re-noises the input (A1111 "Denoising strength")
+    denoising_strength: float | None = None
+    mask_blur: int | None = None
+    # base + refiner ensemble: the refiner's name and the fraction of the schedule where it takes over
+    refiner: str = ""
+    refiner_switch_at: float | None = None

@@ -18,14 +18,20 @@ _UNET = dict(block_out_channels=[32, 64], layers_per_block=2, sample_size=32, in
              attention_head_dim=[2, 4], use_linear_projection=True, addition_embed_type="text_time",
              addition_time_embed_dim=8, transformer_layers_per_block=[1, 2], norm_num_groups=8, cross_attention_dim=64,
              projection_class_embeddings_input_dim=8 * 6 + 32)
+# The refiner's UNet: conditioned on text_encoder_2 only (width 32) and on 5 time ids (aesthetic score, no target)
+_REFINER_UNET = dict(_UNET, cross_attention_dim=32, projection_class_embeddings_input_dim=8 * 5 + 32)
 # Four VAE levels: the SDXL 8x downsampling, so the default image is 32 * 8 = 256 px.
 _VAE = dict(block_out_channels=[16, 32, 64, 64], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
             down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, sample_size=256,
             layers_per_block=1, scaling_factor=0.13025)
 
 
-def write_tiny_checkpoint(folder: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random-weight SDXL base checkpoint (diffusers layout) to `folder` and return its path."""
+def write_tiny_checkpoint(folder: str | Path, seed: int = 0, refiner: bool = False) -> Path:
+    """Write a tiny random-weight SDXL base checkpoint (diffusers layout) to `folder` and return its path.
+
+    With `refiner=True`, a refiner instead: an img2img checkpoint with only the second text encoder and a UNet
+    conditioned on the aesthetic score (model_index.json `requires_aesthetics_score`), as SDXL's refiner.
+    """
     import torch
 
     from sdxl.loading.single_file import SDXL_SCHEDULER_CONFIG
@@ -40,6 +46,20 @@ def write_tiny_checkpoint(folder: str | Path, seed: int = 0) -> Path:
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists and is not empty; pass a new folder name")
     torch.manual_seed(seed)
+    if refiner:
+        from sdxl.loading.save import save_pretrained
+
+        components = {
+            "vae": AutoencoderKL(VAEConfig.from_dict(_VAE)),
+            "text_encoder": None,
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig.from_dict(dict(_TEXT, hidden_act="gelu"))),
+            "tokenizer": None,
+            "tokenizer_2": CLIPTokenizer.from_shipped_vocab(pad_token="!"),
+            "unet": UNet2DConditionModel(UNetConfig.from_dict(_REFINER_UNET)),
+            "scheduler": EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        }
+        options = {"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False}
+        return save_pretrained(components, folder, class_name="StableDiffusionXLImg2ImgPipeline", options=options)
     pipe = StableDiffusionXLPipeline(
         vae=AutoencoderKL(VAEConfig.from_dict(_VAE)),
         text_encoder=CLIPTextModel(CLIPTextConfig.from_dict(dict(_TEXT, hidden_act="quick_gelu"))),
