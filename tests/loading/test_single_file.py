@@ -280,9 +280,18 @@ def test_argument_errors(single_files, tmp_path):
         sdxl.StableDiffusionXLPipeline.from_single_file(path, config=folder, not_an_option=1)
 
 
-def test_diffusion_pipeline_refuses_kinds_without_a_class(single_files):
-    folder, _, path = single_files["refiner"]
-    with pytest.raises(ValueError, match="SDXL refiner checkpoint"):
-        sdxl.DiffusionPipeline.from_single_file(path, config=folder)
-    pipe = sdxl.StableDiffusionXLPipeline.from_single_file(path, config=folder)
-    assert pipe.text_encoder is None and pipe.config.force_zeros_for_empty_prompt is False
+@pytest.mark.parametrize(
+    "kind, class_name",
+    [("refiner", "StableDiffusionXLImg2ImgPipeline"), ("inpaint", "StableDiffusionXLInpaintPipeline")],
+)
+def test_diffusion_pipeline_picks_the_class_of_the_kind(single_files, kind, class_name):
+    """As diffusers: a refiner file opens as an img2img pipeline (with the aesthetic-score option), a 9-channel file
+    as an inpainting one; the seeds' `StableDiffusionXLImg2ImgPipeline.from_single_file(refiner)` works too."""
+    folder, _, path = single_files[kind]
+    pipe = sdxl.DiffusionPipeline.from_single_file(path, config=folder)
+    assert type(pipe).__name__ == class_name
+    direct = getattr(sdxl, class_name).from_single_file(path, config=folder)
+    assert type(direct).__name__ == class_name
+    if kind == "refiner":
+        assert pipe.text_encoder is None and pipe.config.requires_aesthetics_score is True
+        assert pipe.config.force_zeros_for_empty_prompt is False

@@ -421,7 +421,7 @@ class DiffusionPipeline:
         (`vae=`, `text_encoder=`, ...) complete a file that lacks them or replace them. Only safetensors load unless
         `allow_pickle=True` (then only through `torch.load(weights_only=True)`).
         """
-        from sdxl.loading.single_file import BASE, load_single_file_components
+        from sdxl.loading.single_file import BASE, INPAINT, REFINER, load_single_file_components
 
         overrides = {name: kwargs.pop(name) for name in COMPONENT_NAMES if name in kwargs}
         if cls is not DiffusionPipeline:
@@ -435,12 +435,13 @@ class DiffusionPipeline:
         )
         target = cls
         if cls is DiffusionPipeline:
-            if info["kind"] != BASE:
-                raise ValueError(
-                    f"{pretrained_model_link_or_path} is an SDXL {info['kind']} checkpoint, and sdxl has no pipeline "
-                    "class for it yet; load it with StableDiffusionXLPipeline.from_single_file."
-                )
-            target = pipeline_class("StableDiffusionXLPipeline")
+            # as diffusers: a refiner file is an img2img pipeline, a 9-channel file an inpainting one
+            kinds = {
+                BASE: "StableDiffusionXLPipeline",
+                REFINER: "StableDiffusionXLImg2ImgPipeline",
+                INPAINT: "StableDiffusionXLInpaintPipeline",
+            }
+            target = pipeline_class(kinds[info["kind"]])
             target._check_options(kwargs)
         options = {k: v for k, v in info["options"].items() if k in target._init_options}
         options.update(kwargs)
