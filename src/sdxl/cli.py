@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--refiner", action="store_true", help="write a tiny refiner (img2img, aesthetic score) instead")
 
     sub.add_parser("schedulers", help="list the sampler names --scheduler accepts")
+    # listed for --help; their arguments go to sdxl.demo.train / sdxl.demo.evaluate (see DEMO_TOOLS)
+    sub.add_parser("train-demo", help="train the tiny demo model from scratch (`sdxl train-demo --help`)",
+                   add_help=False)
+    sub.add_parser("eval-demo", help="measure a demo model's prompt adherence (`sdxl eval-demo --help`)",
+                   add_help=False)
 
     info = sub.add_parser(
         "info",
@@ -430,8 +435,17 @@ COMMANDS = {
 }
 
 
+# subcommands whose whole command line belongs to another module's own argument parser
+DEMO_TOOLS = {"train-demo": "sdxl.demo.train", "eval-demo": "sdxl.demo.evaluate"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sdxl` command; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DEMO_TOOLS:
+        import importlib
+
+        return importlib.import_module(DEMO_TOOLS[argv[0]]).main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

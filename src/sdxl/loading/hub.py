@@ -1,4 +1,8 @@
-"""Resolve a local folder or a Hugging Face hub id (`org/name`) to a local folder in diffusers layout.
+"""Resolve a local folder, the shipped demo model or a Hugging Face hub id (`org/name`) to a local folder in
+diffusers layout.
+
+"demo" and "demo-refiner" name the tiny demo model shipped inside the package (sdxl/data/demo/, trained by
+`python -m sdxl.demo.train`); a local folder of the same name takes precedence.
 
 Hub ids go through huggingface_hub's cache (imported lazily). Only what loading needs is fetched: the JSON
 configs, tokenizer files and the safetensors of the requested variant, never pickles and never the other
@@ -17,6 +21,19 @@ logger = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
+DEMO_MODELS = {"demo": "base", "demo-refiner": "refiner"}  # alias -> folder under DEMO_ROOT
+DEMO_ROOT = Path(__file__).resolve().parent.parent / "data" / "demo"
+
+
+def demo_folder(alias: str) -> Path:
+    """The shipped folder of a demo alias ("demo" or "demo-refiner")."""
+    folder = DEMO_ROOT / DEMO_MODELS[alias]
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"The demo model {alias!r} is not in this installation ({folder} has no model_index.json). Train it "
+            f"with `python -m sdxl.demo.train --out DIR` and pass DIR/{DEMO_MODELS[alias]} instead of {alias!r}."
+        )
+    return folder
 
 
 def looks_like_hub_id(value: str | os.PathLike) -> bool:
@@ -145,14 +162,16 @@ def resolve_pretrained(
 ) -> Path:
     """A local folder holding what `subfolders` of `path_or_id` need (None: a model at the root).
 
-    A local folder is returned as is. A hub id is looked up in (or downloaded to) huggingface_hub's cache with
-    the files of `variant`; with `variant_fallback`, model folders without that variant get their plain files
-    (what diffusers' pipeline loading does). Offline and not cached is a FileNotFoundError with the download
-    command.
+    A local folder is returned as is; "demo" / "demo-refiner" give the shipped demo model's folder. A hub id is
+    looked up in (or downloaded to) huggingface_hub's cache with the files of `variant`; with `variant_fallback`,
+    model folders without that variant get their plain files (what diffusers' pipeline loading does). Offline and
+    not cached is a FileNotFoundError with the download command.
     """
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
+    if isinstance(path_or_id, str) and path_or_id in DEMO_MODELS:
+        return demo_folder(path_or_id)
     if path.exists():
         raise ValueError(
             f"{path} is a file; from_pretrained expects a folder in diffusers layout (config.json or "
