@@ -25,8 +25,8 @@ from sdxl.pipelines.denoise import (
     steps_before_denoising_end,
 )
 from sdxl.pipelines.img2img_common import (
-    aesthetic_time_ids,
     check_strength,
+    conditioning_state,
     img2img_timesteps,
     prepare_img2img_latents,
 )
@@ -230,35 +230,15 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
             timesteps = timesteps[:num_inference_steps]
 
         # 6. micro-conditioning from the latents' own size; rows [negatives x B; positives x B]
-        height, width = (s * self.vae_scale_factor for s in latents.shape[-2:])
-        original_size = original_size or (height, width)
-        target_size = target_size or (height, width)
-        add_time_ids, add_neg_time_ids = aesthetic_time_ids(
-            self.unet.config,
-            requires_aesthetics_score=self.config.requires_aesthetics_score,
-            original_size=original_size,
-            crops_coords_top_left=crops_coords_top_left,
-            target_size=target_size,
-            aesthetic_score=aesthetic_score,
-            negative_aesthetic_score=negative_aesthetic_score,
-            negative_original_size=negative_original_size or original_size,
+        state = conditioning_state(
+            self, latents,
+            (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds), batch_size,
+            original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+            aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score,
+            negative_original_size=negative_original_size,
             negative_crops_coords_top_left=negative_crops_coords_top_left,
-            negative_target_size=negative_target_size or target_size,
-            dtype=dtype,
-            projection_dim=self._projection_dim(pooled_prompt_embeds),
+            negative_target_size=negative_target_size,
         )
-        add_time_ids = add_time_ids.repeat(batch_size, 1)
-        add_text_embeds = pooled_prompt_embeds
-        if self.do_classifier_free_guidance:
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
-            add_text_embeds = torch.cat([negative_pooled_prompt_embeds, add_text_embeds], dim=0)
-            add_time_ids = torch.cat([add_neg_time_ids.repeat(batch_size, 1), add_time_ids], dim=0)
-        state = {
-            "latents": latents,
-            "prompt_embeds": prompt_embeds.to(device),
-            "add_text_embeds": add_text_embeds.to(device),
-            "add_time_ids": add_time_ids.to(device),
-        }
 
         # 7. denoise
         self._num_timesteps = len(timesteps)

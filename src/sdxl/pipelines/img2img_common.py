@@ -210,3 +210,57 @@ def _check_layout(unet_config: Any, n_ids: int, projection_dim: int, requires_ae
         f"Load it with `from_pretrained(..., requires_aesthetics_score={want})` or call "
         f"`pipe.register_to_config(requires_aesthetics_score={want})`."
     )
+
+
+def conditioning_state(
+    pipe: Any,
+    latents: torch.Tensor,
+    embeds: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None],
+    batch_size: int,
+    *,
+    original_size: tuple[int, int] | None,
+    crops_coords_top_left: tuple[int, int],
+    target_size: tuple[int, int] | None,
+    aesthetic_score: float,
+    negative_aesthetic_score: float,
+    negative_original_size: tuple[int, int] | None,
+    negative_crops_coords_top_left: tuple[int, int],
+    negative_target_size: tuple[int, int] | None,
+) -> dict[str, torch.Tensor]:
+    """The loop state of an img2img or inpainting call: latents, text context, pooled vector and time ids.
+
+    `embeds` is `encode_prompt`'s (prompt, negative, pooled, negative pooled). Sizes default to the latents' own
+    size (as diffusers); the time ids follow the pipeline's `requires_aesthetics_score` layout. Under guidance the
+    rows are stacked [negatives x B; positives x B].
+    """
+    prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = embeds
+    device = latents.device
+    height, width = (s * pipe.vae_scale_factor for s in latents.shape[-2:])
+    original_size = original_size or (height, width)
+    target_size = target_size or (height, width)
+    add_time_ids, add_neg_time_ids = aesthetic_time_ids(
+        pipe.unet.config,
+        requires_aesthetics_score=pipe.config.requires_aesthetics_score,
+        original_size=original_size,
+        crops_coords_top_left=crops_coords_top_left,
+        target_size=target_size,
+        aesthetic_score=aesthetic_score,
+        negative_aesthetic_score=negative_aesthetic_score,
+        negative_original_size=negative_original_size or original_size,
+        negative_crops_coords_top_left=negative_crops_coords_top_left,
+        negative_target_size=negative_target_size or target_size,
+        dtype=prompt_embeds.dtype,
+        projection_dim=pipe._projection_dim(pooled_prompt_embeds),
+    )
+    add_time_ids = add_time_ids.repeat(batch_size, 1)
+    add_text_embeds = pooled_prompt_embeds
+    if pipe.do_classifier_free_guidance:
+        prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
+        add_text_embeds = torch.cat([negative_pooled_prompt_embeds, add_text_embeds], dim=0)
+        add_time_ids = torch.cat([add_neg_time_ids.repeat(batch_size, 1), add_time_ids], dim=0)
+    return {
+        "latents": latents,
+        "prompt_embeds": prompt_embeds.to(device),
+        "add_text_embeds": add_text_embeds.to(device),
+        "add_time_ids": add_time_ids.to(device),
+    }

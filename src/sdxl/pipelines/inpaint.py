@@ -27,8 +27,8 @@ from sdxl.pipelines.denoise import (
     steps_before_denoising_end,
 )
 from sdxl.pipelines.img2img_common import (
-    aesthetic_time_ids,
     check_strength,
+    conditioning_state,
     encode_image_latents,
     img2img_timesteps,
     repeat_to_batch,
@@ -425,47 +425,21 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
                 "(PIL image, (H, W) / (B, H, W) array or (B, 1, H, W) tensor)."
             )
 
-        # 6. micro-conditioning from the latents' own size
-        height, width = (s * self.vae_scale_factor for s in latents.shape[-2:])
-        original_size = original_size or (height, width)
-        target_size = target_size or (height, width)
-        projection_dim = (
-            self.text_encoder_2.config.projection_dim
-            if self.text_encoder_2 is not None
-            else int(pooled_prompt_embeds.shape[-1])
-        )
-        add_time_ids, add_neg_time_ids = aesthetic_time_ids(
-            self.unet.config,
-            requires_aesthetics_score=self.config.requires_aesthetics_score,
-            original_size=original_size,
-            crops_coords_top_left=crops_coords_top_left,
-            target_size=target_size,
-            aesthetic_score=aesthetic_score,
-            negative_aesthetic_score=negative_aesthetic_score,
-            negative_original_size=negative_original_size or original_size,
+        # 6. micro-conditioning from the latents' own size; the mask and masked-image latents are doubled under
+        #    guidance like the text rows
+        state = conditioning_state(
+            self, latents,
+            (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds), batch_size,
+            original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+            aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score,
+            negative_original_size=negative_original_size,
             negative_crops_coords_top_left=negative_crops_coords_top_left,
-            negative_target_size=negative_target_size or target_size,
-            dtype=dtype,
-            projection_dim=projection_dim,
+            negative_target_size=negative_target_size,
         )
-        add_time_ids = add_time_ids.repeat(batch_size, 1)
-        add_text_embeds = pooled_prompt_embeds
-        cfg = self.do_classifier_free_guidance
-        if cfg:
-            # (2B, ...): rows [negatives; positives]; the mask and masked-image latents are doubled the same way
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
-            add_text_embeds = torch.cat([negative_pooled_prompt_embeds, add_text_embeds], dim=0)
-            add_time_ids = torch.cat([add_neg_time_ids.repeat(batch_size, 1), add_time_ids], dim=0)
+        if self.do_classifier_free_guidance:
             mask = torch.cat([mask] * 2)
             masked_latents = torch.cat([masked_latents] * 2) if masked_latents is not None else None
-        state = {
-            "latents": latents,
-            "prompt_embeds": prompt_embeds.to(device),
-            "add_text_embeds": add_text_embeds.to(device),
-            "add_time_ids": add_time_ids.to(device),
-            "mask": mask,
-            "masked_image_latents": masked_latents,
-        }
+        state.update(mask=mask, masked_image_latents=masked_latents)
 
         # 7. denoise: 9 channels stack [latents, mask, masked-image latents]; 4 channels blend after each step
         model_input_hook = after_step_hook = None
