@@ -295,3 +295,38 @@ def test_diffusion_pipeline_picks_the_class_of_the_kind(single_files, kind, clas
     if kind == "refiner":
         assert pipe.text_encoder is None and pipe.config.requires_aesthetics_score is True
         assert pipe.config.force_zeros_for_empty_prompt is False
+
+
+BASE_URL = "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/blob/main/sd_xl_base_1.0.safetensors"
+
+
+def test_hub_file_url_goes_through_the_cache(single_files, monkeypatch):
+    """The seed's `from_single_file("https://huggingface.co/ORG/NAME/blob/main/FILE")`: repo, revision and file are
+    read off the URL and the file comes from huggingface_hub's cache."""
+    from sdxl.loading import hub
+
+    folder, _, path = single_files["base"]
+    asked = {}
+
+    def fake_snapshot(repo_id, patterns, *, offline, cache_dir, revision):
+        asked.update(repo_id=repo_id, patterns=patterns, revision=revision)
+        return path.parent
+
+    monkeypatch.setattr(hub, "_snapshot", fake_snapshot)
+    url = BASE_URL.replace("sd_xl_base_1.0.safetensors", path.name)
+    pipe = sdxl.StableDiffusionXLPipeline.from_single_file(url, config=folder)
+    assert asked == {"repo_id": "stabilityai/stable-diffusion-xl-base-1.0", "patterns": [path.name], "revision": "main"}
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+
+
+def test_hub_file_url_offline_names_the_download_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="hf download stabilityai/stable-diffusion-xl-base-1.0 --include "
+                       "sd_xl_base_1.0.safetensors --revision main"):
+        sdxl.StableDiffusionXLPipeline.from_single_file(BASE_URL)
+
+
+def test_other_urls_ask_for_a_local_path():
+    with pytest.raises(ValueError, match="not a Hugging Face Hub file URL"):
+        sdxl.StableDiffusionXLPipeline.from_single_file("https://example.com/model.safetensors")

@@ -150,6 +150,30 @@ def _snapshot(
         raise FileNotFoundError(_not_cached(repo_id, patterns, cache_dir, revision, f"{type(e).__name__}: {e}")) from e
 
 
+_HUB_FILE_URL = re.compile(
+    r"^https?://(?:www\.)?huggingface\.co/([^/]+/[^/]+)/(?:blob|resolve)/([^/]+)/(.+?)(?:\?.*)?$"
+)
+
+
+def resolve_single_file(path_or_url: str | os.PathLike, *, local_files_only: bool = False) -> Path:
+    """A local checkpoint path as it is; a Hub file URL (`https://huggingface.co/ORG/NAME/blob/REV/FILE`, or
+    `/resolve/`) through huggingface_hub's cache, as diffusers' `from_single_file` takes it. Offline and not
+    cached is a FileNotFoundError with the `hf download` command."""
+    text = str(path_or_url)
+    if not text.startswith(("http://", "https://")):
+        return Path(path_or_url).expanduser()
+    match = _HUB_FILE_URL.match(text)
+    if match is None:
+        raise ValueError(
+            f"{text} is not a Hugging Face Hub file URL (https://huggingface.co/ORG/NAME/blob/REVISION/FILE): "
+            "download the file yourself and pass its local path."
+        )
+    repo_id, revision, filename = match.groups()
+    offline = local_files_only or _env_true("HF_HUB_OFFLINE")
+    folder = _snapshot(repo_id, [filename], offline=offline, cache_dir=None, revision=revision)
+    return folder / filename
+
+
 def resolve_pretrained(
     path_or_id: str | os.PathLike,
     *,

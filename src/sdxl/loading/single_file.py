@@ -20,6 +20,7 @@ import torch
 
 from sdxl.loading import keymaps, registry
 from sdxl.loading.diffusers import check_keys, read_json
+from sdxl.loading.hub import resolve_single_file
 from sdxl.loading.keymaps import Rule, StateDict
 from sdxl.loading.weights import check_finite, load_checkpoint
 
@@ -256,7 +257,7 @@ def load_single_file_components(
     dtype = torch.float32 if torch_dtype is None else torch_dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"torch_dtype must be a floating torch.dtype such as torch.float16, got {torch_dtype!r}.")
-    path = Path(path)
+    path = resolve_single_file(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; from_single_file takes one checkpoint file (use from_pretrained).")
     sd = load_checkpoint(path, allow_pickle=allow_pickle)
