@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pipeline_parity import assert_changes, assert_images_match, to_numpy
+from pipeline_parity import assert_changes, assert_images_match, load_ours, load_theirs, to_numpy
 
 SIZE = 64  # pixels; the tiny VAE has scale factor 2, so 32x32 latents
 STEPS = 10  # strength 0.3 keeps int(10 * 0.3) = 3 of them
@@ -25,21 +25,11 @@ def make_image(size: int = SIZE, seed: int = 0) -> Image.Image:
 
 
 def _theirs(folder):
-    import diffusers
-
-    pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
-        folder, torch_dtype=torch.float32, add_watermarker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_theirs("StableDiffusionXLImg2ImgPipeline", folder)
 
 
 def _ours(folder):
-    from sdxl.pipelines.img2img import StableDiffusionXLImg2ImgPipeline
-
-    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_ours("StableDiffusionXLImg2ImgPipeline", folder)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import pytest
 import reference
 import torch
 from PIL import Image
+from pipeline_parity import load_ours, load_theirs
 
 SIZE = 64  # pixels; the tiny UNets' sample_size 32 x VAE scale factor 2, so also the pipelines' default size
 STEPS = 4  # default strength 0.9999 keeps int(4 * 0.9999) = 3 of them
@@ -44,21 +45,11 @@ def tiny_inpaint(tmp_path_factory):
 
 
 def _theirs(folder):
-    import diffusers
-
-    pipe = diffusers.StableDiffusionXLInpaintPipeline.from_pretrained(
-        folder, torch_dtype=torch.float32, add_watermarker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_theirs("StableDiffusionXLInpaintPipeline", folder)
 
 
 def _ours(folder):
-    from sdxl.pipelines.inpaint import StableDiffusionXLInpaintPipeline
-
-    pipe = StableDiffusionXLInpaintPipeline.from_pretrained(folder, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_ours("StableDiffusionXLInpaintPipeline", folder)
 
 
 @pytest.fixture(scope="session")

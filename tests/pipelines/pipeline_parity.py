@@ -48,3 +48,23 @@ def assert_images_match(ours_images, theirs_images) -> None:
 def assert_changes(images, baseline) -> None:
     """The argument under test moves diffusers' output by more than the pixel tolerance, so parity has teeth."""
     assert np.abs(to_numpy(images) - to_numpy(baseline)).max() > PIXEL_TOL / 255
+
+
+def load_theirs(class_name: str, folder, **kwargs):
+    """diffusers' pipeline class `class_name` from `folder`: fp32, no watermark, no progress bar."""
+    import diffusers
+
+    pipe = getattr(diffusers, class_name).from_pretrained(
+        folder, torch_dtype=torch.float32, add_watermarker=False, **kwargs
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_ours(class_name: str, folder, **kwargs):
+    """Our pipeline class of the same name from the same folder, fp32, no progress bar."""
+    import sdxl
+
+    pipe = getattr(sdxl, class_name).from_pretrained(folder, torch_dtype=torch.float32, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
