@@ -42,11 +42,7 @@ def prepare_latents(
 ) -> torch.Tensor:
     """Initial latents (B, C, h, w): fresh noise or the given `latents`, times `scheduler.init_noise_sigma`."""
     shape = tuple(shape)
-    if isinstance(generator, list) and len(generator) != shape[0]:
-        raise ValueError(
-            f"A list of {len(generator)} generators was passed for an effective batch of {shape[0]} images "
-            "(prompts x num_images_per_prompt): pass one generator per image, or a single generator."
-        )
+    check_generator_count(generator, shape[0])
     if latents is None:
         latents = randn_tensor(shape, generator, device, dtype)
     elif tuple(latents.shape) != shape:
@@ -57,6 +53,15 @@ def prepare_latents(
     else:
         latents = latents.to(device=device, dtype=dtype)
     return latents * scheduler.init_noise_sigma
+
+
+def check_generator_count(generator: Generator, batch_size: int) -> None:
+    """A list of generators must hold one per image of the effective batch (prompts x num_images_per_prompt)."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"A list of {len(generator)} generators was passed for an effective batch of {batch_size} images "
+            "(prompts x num_images_per_prompt): pass one generator per image, or a single generator."
+        )
 
 
 def retrieve_timesteps(

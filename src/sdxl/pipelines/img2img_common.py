@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from sdxl.noise import Generator, randn_tensor
-from sdxl.pipelines.denoise import _cast_weights
+from sdxl.pipelines.denoise import _cast_weights, check_generator_count
 from sdxl.prompts.micro import base_time_ids, refiner_time_ids, time_ids_tensor
 
 
@@ -138,12 +138,8 @@ def prepare_img2img_latents(
     if image.shape[1] == vae.config.latent_channels:
         latents = image
     else:
+        check_generator_count(generator, batch_size)
         if isinstance(generator, list):
-            if len(generator) != batch_size:
-                raise ValueError(
-                    f"A list of {len(generator)} generators was passed for an effective batch of {batch_size} images "
-                    "(prompts x num_images_per_prompt): pass one generator per image, or a single generator."
-                )
             image = repeat_to_batch("image", image, batch_size)
         latents = encode_image_latents(vae, image, generator, use_latents_stats=True)
     latents = repeat_to_batch("image", latents, batch_size)

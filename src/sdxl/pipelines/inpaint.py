@@ -20,6 +20,7 @@ from sdxl.image import VaeImageProcessor, mask_latents, masked_image, spatial_si
 from sdxl.noise import randn_tensor
 from sdxl.pipelines.denoise import (
     check_denoising_fraction,
+    check_generator_count,
     decode_latents,
     denoise,
     retrieve_timesteps,
@@ -183,11 +184,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
         and for the hand-off; `latents` given by the user are always pure noise (scaled by init_noise_sigma).
         """
         shape = (batch_size, self.vae.config.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"A list of {len(generator)} generators was passed for an effective batch of {batch_size} images "
-                "(prompts x num_images_per_prompt): pass one generator per image, or a single generator."
-            )
+        check_generator_count(generator, batch_size)
         is_strength_max = strength == 1.0
         image_latents = None
         if image_is_latents:
