@@ -123,7 +123,7 @@ def test_remove_all_hooks(fresh, ours):
 
 def test_to_after_offload_removes_the_hooks(fresh, caplog):
     fresh._enable_model_offload("cpu")
-    with caplog.at_level(logging.WARNING, logger="sdxl.pipelines.base"):
+    with caplog.at_level(logging.WARNING, logger="sdxl.pipelines"):
         fresh.to("cpu")
     assert "memory savings are lost" in caplog.text
     assert fresh._offload is None and not fresh.unet._forward_pre_hooks
@@ -251,7 +251,7 @@ def test_vae_switches_need_a_vae(ours):
 
 def test_xformers_and_attention_slicing_are_accepted_no_ops(ours, caplog):
     before = call(ours)
-    with caplog.at_level(logging.INFO, logger="sdxl.pipelines.base"):
+    with caplog.at_level(logging.INFO, logger="sdxl.pipelines"):
         ours.enable_xformers_memory_efficient_attention()
         ours.enable_attention_slicing()
         ours.enable_attention_slicing(2)
