@@ -33,8 +33,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 SIZES = ("small", "medium", "large")
 POSITIONS = ("center", "top left", "top right", "bottom left", "bottom right")
-# Diameter (bounding-box side) range of each size class, as a fraction of the canvas.
-SIZE_RANGE = {"small": (0.28, 0.36), "medium": (0.40, 0.48), "large": (0.56, 0.68)}
+# Diameter (bounding-box side) range of each size class, as a fraction of the canvas. Even a small shape spans
+# >= 3 latent pixels (8x downsampling): smaller ones come back from the tiny VAE as blobs of no readable shape.
+SIZE_RANGE = {"small": (0.40, 0.46), "medium": (0.48, 0.54), "large": (0.62, 0.72)}
 MARGIN = 0.05  # a corner shape's box keeps this gap (fraction of the canvas) to the edges, plus jitter
 POSITION_WORDS = {
     "center": "in the center",
