@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -102,3 +103,9 @@ def test_learning_rate_schedule_is_step_based():
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
     assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+def test_an_empty_base_pool_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"base_pool must be at least 1 sample \(--base-pool\), got 0"):
+        train(tmp_path / "run", settings=dataclasses.replace(Settings.quick(), base_pool=0))
+    assert not (tmp_path / "run").exists()

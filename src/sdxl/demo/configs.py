@@ -13,7 +13,7 @@ from sdxl.models.clip import CLIPTextConfig
 from sdxl.models.unet import UNetConfig
 from sdxl.models.vae import VAEConfig
 
-IMAGE_SIZE = 64  # training resolution in pixels; the pipelines' default size (unet sample_size * 8)
+IMAGE_SIZE = 128  # training resolution in pixels; the pipelines' default size (unet sample_size * 8)
 LATENT_SIZE = IMAGE_SIZE // 8
 TEXT_WIDTH = 32
 ADD_TIME_DIM = 16

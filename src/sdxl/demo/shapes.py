@@ -196,7 +196,9 @@ def coverage(shape: str, cx: float, cy: float, w: float, h: float, size: int, su
 def render(scene: Scene, size: int) -> torch.Tensor:
     """The scene at `size` x `size` pixels: (3, size, size) float32 in [-1, 1]."""
     d = scene.diameter * size
-    alpha = torch.from_numpy(coverage(scene.shape, scene.cx * size, scene.cy * size, d, d, size))[None]
+    supersample = max(2, 256 // size)  # >= 256 subsamples across: antialiased edges at every size
+    alpha = coverage(scene.shape, scene.cx * size, scene.cy * size, d, d, size, supersample)
+    alpha = torch.from_numpy(alpha)[None]
     fg = torch.tensor(COLOURS[scene.colour], dtype=torch.float32)[:, None, None] / 127.5 - 1
     bg = torch.tensor(COLOURS[scene.background], dtype=torch.float32)[:, None, None] / 127.5 - 1
     return alpha * fg + (1 - alpha) * bg
@@ -219,10 +221,10 @@ class Augment:
     """Micro-conditioning augmentation probabilities and ranges (pixels at the training resolution)."""
 
     p_lowres: float = 0.3  # render small (original_size < canvas) and upscale: blurry
-    min_original: int = 12
+    min_original: int = 24
     p_crop: float = 0.3  # render on a larger canvas and crop the training window out of it
-    max_crop: int = 24
-    max_original: int = 128  # sharp images say they came from an original of canvas..max_original
+    max_crop: int = 48
+    max_original: int = 256  # sharp images say they came from an original of canvas..max_original
 
 
 @dataclass
@@ -247,7 +249,7 @@ def make_sample(seed: int, index: int, image_size: int, triples: list[tuple[str,
         canvas = image_size + int(rng.integers(1, augment.max_crop + 1))
         top, left = (int(x) for x in rng.integers(0, canvas - image_size + 1, size=2))
     if rng.random() < augment.p_lowres:
-        original = int(rng.integers(augment.min_original, canvas))
+        original = int(rng.integers(min(augment.min_original, canvas - 1), canvas))  # small canvases too
         image = resize(render(scene, original), canvas)
     else:
         original = int(rng.integers(canvas, max(augment.max_original, canvas) + 1))
