@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("eval-demo", help="measure a demo model's prompt adherence (`sdxl eval-demo --help`)",
                    add_help=False)
+    sub.add_parser("demo-grid", help="a labelled grid of demo-model images (`sdxl demo-grid --help`)",
+                   add_help=False)
 
     info = sub.add_parser(
         "info",
@@ -436,7 +438,7 @@ COMMANDS = {
 
 
 # subcommands whose whole command line belongs to another module's own argument parser
-DEMO_TOOLS = {"train-demo": "sdxl.demo.train", "eval-demo": "sdxl.demo.evaluate"}
+DEMO_TOOLS = {"train-demo": "sdxl.demo.train", "eval-demo": "sdxl.demo.evaluate", "demo-grid": "sdxl.demo.grid"}
 
 
 def main(argv: list[str] | None = None) -> int:

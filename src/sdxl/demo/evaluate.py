@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", default=None, help="where to write the results (default MODEL/eval.json)")
+    parser.add_argument(
+        "--json", default=None, help="where to write the results (default MODEL/eval.json when MODEL is a folder)"
+    )
     parser.add_argument("--grid", default=None, help="also save the images as one PNG grid here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -109,10 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     images = result.pop("images")
     if args.grid:
         save_grid(images, args.grid)
-    path = Path(args.json) if args.json else Path(args.model) / "eval.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    # default: beside the weights of a model folder; an alias ("demo") names package data, left untouched
+    path = Path(args.json) if args.json else Path(args.model) / "eval.json" if Path(args.model).is_dir() else None
+    if path is not None:
+        path.write_text(json.dumps(result, indent=1) + "\n")
     acc = result["accuracy"]
-    print(" ".join(f"{k} {v:.1%}" for k, v in acc.items()) + f"  ({args.n} held-out prompts, {path})")
+    print(
+        " ".join(f"{k} {v:.1%}" for k, v in acc.items())
+        + f"  ({args.n} held-out prompts{f', {path}' if path else ''})"
+    )
     return 0
 
 
