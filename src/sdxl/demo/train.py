@@ -275,6 +275,24 @@ def _noisy(latents: torch.Tensor, s: Settings, gen: torch.Generator, acp: torch.
     return a.sqrt() * latents + (1 - a).sqrt() * noise, noise, t, weight.flatten()
 
 
+def _diffusion_loss(unet: UNet2DConditionModel, latents: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
+                    time_ids: torch.Tensor, s: Settings, gen: torch.Generator, acp: torch.Tensor,
+                    t_max: int) -> torch.Tensor:  # fmt: skip
+    """The min-SNR-weighted eps-prediction loss at t ~ U{0 .. t_max - 1}."""
+    noisy, noise, t, weight = _noisy(latents, s, gen, acp, t_max)
+    pred = unet(noisy, t, context, text_embeds=pooled, time_ids=time_ids).sample
+    return ((pred - noise).square().mean(dim=(1, 2, 3)) * weight).mean()
+
+
+def _optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter], ema: EMA) -> None:
+    """One optimiser step with the gradient norm clipped to 1, then the EMA update."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    ema.update()
+
+
 @torch.no_grad()
 def _encode(vae: AutoencoderKL, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return vae.encode(images.to(device)).latent_dist.mode() * vae.config.scaling_factor
@@ -317,14 +335,8 @@ def train_base(s: Settings, seed: int, device: torch.device, vae: AutoencoderKL)
         context, pooled = drop_captions(context, pooled, s.caption_dropout, gen)
         # time ids: original size, crop top-left, target size (the training size)
         time_ids = torch.cat([micro, torch.full((micro.shape[0], 2), float(size))], dim=1).to(device)
-        noisy, noise, t, weight = _noisy(latents, s, gen, acp, 1000)
-        pred = unet(noisy, t, context, text_embeds=pooled, time_ids=time_ids).sample
-        loss = ((pred - noise).square().mean(dim=(1, 2, 3)) * weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
+        loss = _diffusion_loss(unet, latents, context, pooled, time_ids, s, gen, acp, 1000)
+        _optimise(opt, loss, params, ema)
         log.add(step, loss=loss.item())
     ema.copy_to_params()
     for m in (te1, te2, unet):
@@ -352,14 +364,8 @@ def train_refiner(s: Settings, seed: int, device: torch.device, vae: Autoencoder
         context, pooled = drop_captions(context, pooled, s.caption_dropout, gen)
         # time ids: original size, crop top-left, aesthetic score
         time_ids = torch.cat([micro, score[:, None]], dim=1).to(device)
-        noisy, noise, t, weight = _noisy(latents, s, gen, acp, s.refiner_max_t)
-        pred = unet(noisy, t, context, text_embeds=pooled, time_ids=time_ids).sample
-        loss = ((pred - noise).square().mean(dim=(1, 2, 3)) * weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
+        loss = _diffusion_loss(unet, latents, context, pooled, time_ids, s, gen, acp, s.refiner_max_t)
+        _optimise(opt, loss, params, ema)
         log.add(step, loss=loss.item())
     ema.copy_to_params()
     unet.eval().requires_grad_(False)
