@@ -89,12 +89,26 @@ def test_a_small_original_size_gives_blurrier_images(base):
     assert energy[0] > energy[1] > energy[2]
 
 
-def test_a_crop_offset_moves_the_shape_out_of_frame(base):
+def test_a_crop_offset_cuts_the_shape_at_the_top_left_edge(base):
+    """SDXL's crop conditioning: training crops of a larger canvas cut shapes at the window's edge, so a large
+    crops_coords_top_left draws shapes cut at the top or left edge, where (0, 0) draws them whole."""
+    from sdxl.demo.shapes import COLOURS
+
     prompts = _prompts(20)
-    centred = base(prompts, num_inference_steps=STEPS, generator=_generators(20), output_type="np").images
-    cropped = base(prompts, num_inference_steps=STEPS, generator=_generators(20), output_type="np",
-                   crops_coords_top_left=(48, 48)).images  # fmt: skip
-    assert np.abs(cropped - centred).mean() > 0.05
+
+    def cut_at_top_left(crop: tuple[int, int]) -> float:
+        images = base(prompts, num_inference_steps=STEPS, generator=_generators(20), output_type="np",
+                      crops_coords_top_left=crop).images  # fmt: skip
+        cut = []
+        for image, prompt in zip(_uint8(images), prompts):
+            words = prompt.split()
+            fg, bg = (np.array(COLOURS[words[i]], dtype=np.float32) for i in (1, 5))
+            shape = ((image - fg) ** 2).sum(-1) < ((image - bg) ** 2).sum(-1)
+            cut.append(bool(shape[0].any() or shape[:, 0].any()))
+        return float(np.mean(cut))
+
+    assert cut_at_top_left((0, 0)) == 0.0
+    assert cut_at_top_left((48, 48)) >= 0.3  # measured: 0.6
 
 
 def test_the_refiner_takes_over_the_last_steps(base, refiner):
