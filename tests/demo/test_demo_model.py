@@ -73,7 +73,7 @@ def _high_frequency_energy(images: np.ndarray) -> float:
 def _prompts(n: int) -> list[str]:
     triples = shapes.training_triples()
     rng = np.random.default_rng(0)
-    return [f"a {c} {s} on a {b} background".replace("a orange", "an orange")
+    return [shapes.tidy(f"a {c} {s} on a {b} background")
             for c, s, b in (triples[i] for i in rng.choice(len(triples), n, replace=False))]  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sdxl.demo.checker import read_image
-from sdxl.demo.shapes import POSITION_WORDS, POSITIONS, heldout_triples
+from sdxl.demo.shapes import POSITION_WORDS, POSITIONS, heldout_triples, tidy
 
 logger = logging.getLogger("sdxl.demo.evaluate")
 EVAL_TEMPLATE = "a {colour} {shape} {position} on a {background} background"
@@ -34,9 +34,8 @@ def eval_prompts(n: int) -> list[dict[str, Any]]:
     for i in range(n):
         colour, shape, background = held[i % len(held)]
         position = POSITIONS[(i // len(held)) % len(POSITIONS)]
-        prompt = EVAL_TEMPLATE.format(colour=colour, shape=shape, background=background,
-                                      position=POSITION_WORDS[position])  # fmt: skip
-        prompt = prompt.replace("a orange", "an orange")
+        prompt = tidy(EVAL_TEMPLATE.format(colour=colour, shape=shape, background=background,
+                                           position=POSITION_WORDS[position]))  # fmt: skip
         expected = {"colour": colour, "shape": shape, "background": background, "position": position}
         items.append({"prompt": prompt, "expected": expected, "seed": i})
     return items

@@ -13,10 +13,10 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
-from sdxl.demo.shapes import COLOURS, SHAPES
+from sdxl.demo.evaluate import generate
+from sdxl.demo.shapes import COLOURS, SHAPES, tidy
 
 LABEL = 18  # pixels of the label strips above and left of the images (at least the default font's height)
 
@@ -29,25 +29,17 @@ def grid_prompts() -> list[list[str]]:
         row = []
         for c, colour in enumerate(names):
             background = names[(c + r + 1) % len(names)]
-            row.append(f"a {colour} {shape} on a {background} background".replace("a orange", "an orange"))
+            row.append(tidy(f"a {colour} {shape} on a {background} background"))
         rows.append(row)
     return rows
 
 
 def make_grid(model: str = "demo", steps: int = 30, seed: int = 0, device: str = "cpu") -> Image.Image:
     """Generate every cell and lay them out with the colour names on top and the shape names on the left."""
-    import torch
-
-    from sdxl import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline.from_pretrained(model).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = [p for row in grid_prompts() for p in row]
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    images = pipe(prompts, num_inference_steps=steps, generator=generators, output_type="np").images
-    images = (images * 255).round().astype(np.uint8)
+    items = [{"prompt": p, "seed": seed + i} for i, p in enumerate(p for row in grid_prompts() for p in row)]
+    images = generate(model, items, steps, batch=len(items), device=device)  # one batch
     rows, columns = len(SHAPES), len(COLOURS)
-    h, w = images.shape[1:3]
+    h, w = images[0].shape[:2]
     left = 6 * LABEL  # room for "triangle"
     canvas = Image.new("RGB", (left + columns * w, LABEL + rows * h), "white")
     draw = ImageDraw.Draw(canvas)

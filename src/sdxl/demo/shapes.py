@@ -132,6 +132,11 @@ def caption(scene: Scene, template: str) -> str:
         colour=scene.colour, shape=scene.shape, background=scene.background,
         size=SIZE_WORDS[scene.size], position=POSITION_WORDS[scene.position],
     )  # fmt: skip
+    return tidy(text)
+
+
+def tidy(text: str) -> str:
+    """Single spaces, and "an" before a vowel ("a orange star" -> "an orange star")."""
     return re.sub(r"\ba ([aeiou])", r"an \1", " ".join(text.split()))
 
 
