@@ -35,6 +35,8 @@ def format_parameters(params: GenerationParams) -> str:
         settings["Denoising strength"] = _format_number(params.denoising_strength)
     if params.mask_blur is not None:
         settings["Mask blur"] = str(params.mask_blur)
+    if params.padding_mask_crop is not None:  # A1111's "only masked" inpainting
+        settings["Masked area padding"] = str(params.padding_mask_crop)
     if params.refiner:
         settings["Refiner"] = _quote(params.refiner)
         settings["Refiner switch at"] = _format_number(params.refiner_switch_at)

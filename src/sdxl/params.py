@@ -65,23 +65,47 @@ def find_sampler(name: str) -> Sampler:
     return sampler
 
 
+def sampler_name(scheduler) -> str:
+    """The A1111 name of a scheduler object, for the metadata (the class name when it has none)."""
+    config = scheduler.config
+    for sampler in SAMPLERS.values():
+        if type(scheduler).__name__ != sampler.scheduler:
+            continue
+        if all(config.get(k) == v for k, v in sampler.options.items()) and not (
+            config.get("use_karras_sigmas") and not sampler.options.get("use_karras_sigmas")
+        ):
+            return sampler.name
+    return type(scheduler).__name__
+
+
 @dataclass(frozen=True)
 class GenerationParams:
-    """Everything that determines one generated image (what A1111 records in its `parameters` chunk)."""
+    """Everything that determines a generation (what A1111 records in its `parameters` chunk).
+
+    A request leaves `seed` (None or -1: random), `width`/`height` (the model's size, or the input image's) and
+    `sampler` (the model's own scheduler) open; the images a run returns carry the values that were used, one seed
+    each (`seed`, `seed + 1`, ... for a batch).
+    """
 
     prompt: str
     negative_prompt: str = ""
     prompt_2: str | None = None
     steps: int = 30
-    sampler: str = "Euler"
+    sampler: str | None = "Euler"
     guidance_scale: float = 5.0
-    seed: int = 0
-    width: int = 1024
-    height: int = 1024
+    seed: int | None = 0
+    width: int | None = 1024
+    height: int | None = 1024
     model: str = ""
+    batch_size: int = 1
+    # prompt weighting ("a1111", "compel" or None) and windowed encoding of prompts past 77 tokens
+    prompt_syntax: str | None = None
+    long_prompts: bool = True
     # image-to-image / inpainting: how much of the schedule re-noises the input (A1111 "Denoising strength")
     denoising_strength: float | None = None
     mask_blur: int | None = None
+    # inpainting: redraw only a crop around the mask, padded by this many pixels (A1111 "Masked area padding")
+    padding_mask_crop: int | None = None
     # base + refiner ensemble: the refiner's name and the fraction of the schedule where it takes over
     refiner: str = ""
     refiner_switch_at: float | None = None

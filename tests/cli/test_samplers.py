@@ -89,7 +89,7 @@ def test_unknown_sampler_lists_the_valid_names():
 @pytest.mark.parametrize("sampler", ENTRIES, ids=lambda s: s.name)
 def test_metadata_name_round_trips(sampler):
     """The name written to PNG metadata for a scheduler built from an entry is that entry's name."""
-    from sdxl.cli import _sampler_name
+    from sdxl.params import sampler_name as _sampler_name
 
     cls = _class_or_skip(sampler.scheduler)
     euler = scheduler_class("EulerDiscreteScheduler").from_config(SDXL_SCHEDULER_JSON)

@@ -53,8 +53,9 @@ def test_the_shipped_weights_fit_the_size_budget():
 @pytest.mark.parametrize("seed", [0, 1, 2, 12345])
 def test_the_readme_command_draws_the_prompt(seed, tmp_path, monkeypatch):
     from sdxl import cli
+    from sdxl.cli import generate
 
-    monkeypatch.setattr(cli.random, "randrange", lambda _: seed)  # the command picks a random seed: pin a few
+    monkeypatch.setattr(generate.random, "randrange", lambda _: seed)  # the command picks a random seed: pin a few
     out = tmp_path / "out.png"
     assert cli.main(["generate", "a red circle on a blue background", "--model", "demo", "-o", str(out)]) == 0
     image = np.asarray(Image.open(out).convert("RGB"))

@@ -1,0 +1,310 @@
+"""Turn a `GenerationParams` into pipeline calls: the one place the command and the server run a generation.
+
+`Runner` keeps the loaded base model (and refiner) between calls, picks the task's pipeline class on the same
+module objects (`from_pipe`: text-to-image, image-to-image, inpainting), sets the sampler from the model's own
+scheduler config for every call (so one call's sampler never leaks into the next), seeds one CPU generator per
+image (seed, seed + 1, ...), runs the base and, with a refiner, hands the latents over at `refiner_switch_at`
+(the ensemble of experts), and reports every denoising step to an optional callback, which can stop the run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from sdxl.params import GenerationParams, find_sampler, sampler_name
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+TEXT2IMG, IMG2IMG, INPAINT = "txt2img", "img2img", "inpaint"
+
+# mode -> pipeline class exported by `sdxl`
+PIPELINE_CLASSES = {
+    TEXT2IMG: "StableDiffusionXLPipeline",
+    IMG2IMG: "StableDiffusionXLImg2ImgPipeline",
+    INPAINT: "StableDiffusionXLInpaintPipeline",
+}
+# the refiner stage of each mode (text-to-image hands its latents to an image-to-image refiner)
+REFINER_CLASSES = {TEXT2IMG: IMG2IMG, IMG2IMG: IMG2IMG, INPAINT: INPAINT}
+
+SEED_RANGE = 2**32
+
+
+class Cancelled(Exception):
+    """Raised by a step callback to abandon a run: nothing is decoded and no image is returned."""
+
+
+@dataclass
+class Step:
+    """One finished denoising step, as the step callback sees it.
+
+    `step` counts UNet steps done in the whole run (base and refiner), `total` the steps the run will take;
+    `latents` are the current (B, C, h, w) latents of the stage `stage` ("base" or "refiner"), whose pipeline is
+    `pipe` (its VAE decodes them).
+    """
+
+    step: int
+    total: int
+    stage: str
+    latents: torch.Tensor
+    pipe: Any
+
+
+# What a step callback returns: None to go on, "stop" to end denoising here and decode what there is (A1111's
+# interrupt and skip); raising `Cancelled` abandons the run.
+StepCallback = Callable[[Step], "str | None"]
+
+
+@dataclass
+class GeneratedImage:
+    """One image of a run, with the exact parameters that made it (its own seed, size and sampler)."""
+
+    image: Image.Image
+    params: GenerationParams
+
+
+def mode_of(image: Any, mask: Any) -> str:
+    """txt2img without an input image, img2img with one, inpaint with an image and a mask."""
+    if mask is not None and image is None:
+        raise ValueError("a mask needs an input image to inpaint; pass the image too")
+    return TEXT2IMG if image is None else INPAINT if mask is not None else IMG2IMG
+
+
+def resolve_seed(seed: int | None) -> int:
+    """A seed of None or -1 means a random one (as A1111); the value used is what the metadata records."""
+    if seed is None or seed == -1:
+        return random.randrange(SEED_RANGE)
+    if seed < 0:
+        raise ValueError(f"seed must be -1 (random) or a non-negative integer, got {seed}")
+    return int(seed)
+
+
+class Runner:
+    """Runs generations on one device, keeping the last base model and refiner loaded.
+
+    `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars.
+    """
+
+    def __init__(self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True):
+        import torch
+
+        self.device = torch.device(device)
+        self.dtype = dtype if dtype is not None else torch.float32
+        self.quiet = quiet
+        self._base: tuple[str, Any] | None = None
+        self._refiner: tuple[str, Any] | None = None
+
+    # ---- models ------------------------------------------------------------------------------------------------
+
+    def load(self, model: str) -> Any:
+        """The base pipeline for `model` (a folder, a hub id or "demo"), loaded once and kept until another
+        model is asked for."""
+        if self._base is not None and self._base[0] == model:
+            return self._base[1]
+        import sdxl
+
+        self.unload()
+        pipe = sdxl.DiffusionPipeline.from_pretrained(model, torch_dtype=self.dtype)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=self.quiet)
+        pipe._sdxl_default_scheduler = pipe.scheduler
+        self._base = (model, pipe)
+        return pipe
+
+    def unload(self) -> None:
+        """Drop the loaded models (and free what the device cached for them)."""
+        self._base = self._refiner = None
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @property
+    def loaded_model(self) -> str | None:
+        """The name of the base model in memory, if any."""
+        return self._base[0] if self._base is not None else None
+
+    def _task_pipe(self, base: Any, mode: str) -> Any:
+        import sdxl
+
+        cls = getattr(sdxl, PIPELINE_CLASSES[mode])
+        pipe = base if type(base) is cls else cls.from_pipe(base)
+        pipe.set_progress_bar_config(disable=self.quiet)
+        return pipe
+
+    def _load_refiner(self, name: str, base: Any, mode: str) -> Any:
+        import sdxl
+
+        cls = getattr(sdxl, PIPELINE_CLASSES[REFINER_CLASSES[mode]])
+        if self._refiner is None or self._refiner[0] != name:
+            self._refiner = None
+            # the refiner shares the base's second text encoder and VAE objects: no second copy in memory
+            refiner = cls.from_pretrained(
+                name, text_encoder_2=base.text_encoder_2, vae=base.vae, torch_dtype=self.dtype
+            )
+            refiner.to(self.device)
+            refiner._sdxl_default_scheduler = refiner.scheduler
+            self._refiner = (name, refiner)
+        refiner = self._refiner[1]
+        refiner = refiner if type(refiner) is cls else cls.from_pipe(refiner)
+        refiner.set_progress_bar_config(disable=self.quiet)
+        return refiner
+
+    # ---- running -----------------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        params: GenerationParams,
+        *,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        on_step: StepCallback | None = None,
+    ) -> list[GeneratedImage]:
+        """Generate `params.batch_size` images; return each with its own parameters (seed, size, sampler).
+
+        `image` makes it image-to-image (`params.denoising_strength`), `image` and `mask` inpainting (white =
+        redraw). With `params.refiner` set, the base stops at `params.refiner_switch_at` and the refiner denoises
+        the rest. `on_step` sees every step (see `Step`); it may return "stop" or raise `Cancelled`.
+        """
+        import torch
+
+        mode = mode_of(image, mask)
+        check_params(params, mode)
+        seed = resolve_seed(params.seed)
+        base = self._task_pipe(self.load(params.model), mode)
+        sampler = self._set_sampler(base, params.sampler)
+        generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
+        common = dict(
+            prompt=params.prompt,
+            prompt_2=params.prompt_2 or None,
+            negative_prompt=params.negative_prompt or None,
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            num_images_per_prompt=params.batch_size,
+            generator=generators,
+            prompt_syntax=params.prompt_syntax,
+            long_prompts=params.long_prompts,
+        )
+        kwargs = dict(common)
+        if mode in (TEXT2IMG, INPAINT):
+            kwargs.update(width=params.width, height=params.height)
+        if mode in (IMG2IMG, INPAINT):
+            kwargs.update(image=image, strength=params.denoising_strength)
+        if mode == INPAINT:
+            if params.mask_blur:
+                mask = base.mask_processor.blur(mask, blur_factor=params.mask_blur)
+            kwargs.update(mask_image=mask, padding_mask_crop=params.padding_mask_crop)
+
+        progress = _Progress(on_step, params)
+        if not params.refiner:
+            images = base(**kwargs, callback_on_step_end=progress.callback("base")).images
+        else:
+            latents = base(
+                **kwargs, denoising_end=params.refiner_switch_at, output_type="latent",
+                callback_on_step_end=progress.callback("base"),
+            ).images
+            if progress.stopped:  # stopped during the base: the refiner does not start
+                images = _decode(base, latents)
+            else:
+                refiner = self._load_refiner(params.refiner, base, mode)
+                refiner.scheduler = base.scheduler
+                refine = dict(common, prompt_2=None, image=latents, denoising_start=params.refiner_switch_at)
+                if mode == INPAINT:
+                    # as diffusers' guide: the inpainting refiner takes the base's latents as `image`, and the mask
+                    refine.update(mask_image=kwargs["mask_image"], width=params.width, height=params.height)
+                images = refiner(**refine, callback_on_step_end=progress.callback("refiner")).images
+        used = replace(params, seed=seed, sampler=sampler)
+        return [
+            GeneratedImage(img, replace(used, seed=seed + i, width=img.width, height=img.height, batch_size=1))
+            for i, img in enumerate(images)
+        ]
+
+    def _set_sampler(self, pipe: Any, name: str | None) -> str:
+        """Give `pipe` a fresh scheduler from its model's own config (with the sampler's options when `name` is
+        given); return the sampler's name as A1111 writes it."""
+        import sdxl
+
+        default = getattr(pipe, "_sdxl_default_scheduler", pipe.scheduler)
+        if name:
+            sampler = find_sampler(name)
+            pipe.scheduler = getattr(sdxl, sampler.scheduler).from_config(default.config, **sampler.options)
+        else:
+            pipe.scheduler = type(default).from_config(default.config)
+        return sampler_name(pipe.scheduler)
+
+
+def _decode(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
+    """PIL images of latents a stopped base stage handed back (what its own decode would have given)."""
+    from sdxl.pipelines.denoise import decode_latents
+
+    return pipe.image_processor.postprocess(decode_latents(pipe.vae, latents), output_type="pil")
+
+
+def check_params(params: GenerationParams, mode: str) -> None:
+    """The mistakes a `GenerationParams` can show before any model is loaded (ValueError naming the field)."""
+    if params.steps < 1:
+        raise ValueError(f"steps must be at least 1 (got {params.steps})")
+    if params.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {params.batch_size})")
+    for name in ("width", "height"):
+        value = getattr(params, name)
+        if value is not None and (value <= 0 or value % 8):
+            raise ValueError(f"{name} must be a positive multiple of 8 (got {value}); try {max(8, value // 8 * 8)}")
+    if mode != TEXT2IMG:
+        strength = params.denoising_strength
+        if strength is None:
+            raise ValueError("image-to-image and inpainting need denoising_strength, in [0, 1]")
+        if not 0 <= strength <= 1:
+            raise ValueError(f"denoising_strength must be between 0 and 1 (got {strength})")
+    if params.refiner and not (params.refiner_switch_at is not None and 0 < params.refiner_switch_at < 1):
+        raise ValueError(f"refiner_switch_at must lie strictly between 0 and 1 (got {params.refiner_switch_at})")
+    if params.mask_blur is not None and params.mask_blur < 0:
+        raise ValueError(f"mask_blur must be 0 or more pixels (got {params.mask_blur})")
+    if params.padding_mask_crop is not None and params.padding_mask_crop < 0:
+        raise ValueError(f"padding_mask_crop must be 0 or more pixels (got {params.padding_mask_crop})")
+    if params.refiner and params.padding_mask_crop is not None:
+        raise ValueError("padding_mask_crop cannot be combined with a refiner (the base would hand over the latents "
+                         "of the crop only); drop one of them")
+
+
+class _Progress:
+    """Counts steps across the base and refiner stages and forwards them to the caller's step callback."""
+
+    def __init__(self, on_step: StepCallback | None, params: GenerationParams):
+        self.on_step = on_step
+        self.params = params
+        self.done = 0  # steps finished by earlier stages
+        self.total = 0
+        self.stopped = False
+
+    def callback(self, stage: str) -> Callable[..., dict] | None:
+        if self.on_step is None:
+            return None
+        offset = None
+
+        def on_step_end(pipe: Any, i: int, t: Any, tensors: dict) -> dict:
+            nonlocal offset
+            if offset is None:  # the stage's step count is known once its schedule is set
+                offset = self.done
+                stage_steps = pipe.num_timesteps
+                if stage == "base" and self.params.refiner:
+                    # the refiner runs the rest of the schedule: about steps * (1 - switch) more
+                    rest = round(self.params.steps * (1 - self.params.refiner_switch_at))
+                    self.total = stage_steps + max(rest, 1)
+                else:
+                    self.total = max(self.total, offset + stage_steps)
+            self.done = offset + i + 1
+            action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe))
+            if action == "stop":
+                pipe._interrupt = True
+                self.stopped = True
+            return {}
+
+        return on_step_end
