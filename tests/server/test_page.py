@@ -285,7 +285,7 @@ def test_reuse_fills_the_form_from_a_past_job(past_job, page):
 def test_progress_by_polling_when_server_sent_events_are_not_used(context, server):
     prompt = "an orange triangle on a green background"
     with open_page(context, server + "/?transport=poll") as page:
-        generate(page, prompt, steps="12")
+        generate(page, prompt, steps="30")
         preview_is(page, "/preview?step=")  # GET /v1/jobs/{id}/preview
         expect(card(page, prompt).locator(".badge")).to_have_text("done", timeout=JOB_MS)
         expect(page.locator("#live-status")).to_contain_text("done")
