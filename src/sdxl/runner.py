@@ -32,6 +32,7 @@ PIPELINE_CLASSES = {
 REFINER_CLASSES = {TEXT2IMG: IMG2IMG, IMG2IMG: IMG2IMG, INPAINT: INPAINT}
 
 SEED_RANGE = 2**32
+_SEEDS = random.Random()  # its own state: drawing a random seed leaves the global `random` module untouched
 
 
 class Cancelled(Exception):
@@ -108,7 +109,7 @@ def mode_of(image: Any, mask: Any) -> str:
 def resolve_seed(seed: int | None) -> int:
     """A seed of None or -1 means a random one (as A1111); the value used is what the metadata records."""
     if seed is None or seed == -1:
-        return random.randrange(SEED_RANGE)
+        return _SEEDS.randrange(SEED_RANGE)
     if seed < 0:
         raise ValueError(f"seed must be -1 (random) or a non-negative integer, got {seed}")
     return int(seed)

@@ -32,6 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="require this token (Bearer, or HTTP Basic password); default $SDXL_TOKEN")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps (default: auto)")
     serve.add_argument("--dtype", choices=DTYPES, default="auto", help="auto = float16 on GPU, float32 on CPU")
+    serve.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own)")
     serve.add_argument("--preview-every", type=int, default=2, help="a live preview every N steps (0: none)")
     serve.add_argument("--max-size", type=int, default=2048, help="largest width or height a job may ask for")
     serve.add_argument("--max-steps", type=int, default=150, help="most denoising steps a job may ask for")
@@ -78,6 +79,12 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise UsageError(f"the server needs its extra dependencies ({err.name} is missing): "
                          "pip install -e '.[server]'") from None
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
     service = Service(config)
     if service.requeued or service.failed_on_start:
         print(f"sdxl: queued again after a restart: {len(service.requeued)} job(s); failed after repeated "

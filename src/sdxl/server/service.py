@@ -15,7 +15,7 @@ from sdxl.server.catalog import ModelCatalog, ModelNotFound, UnsafeModelName
 from sdxl.server.config import ServerConfig
 from sdxl.server.errors import BadRequest, Conflict, Invalid, NotFound, TooMany
 from sdxl.server.progress import ProgressBoard
-from sdxl.server.store import FINISHED, QUEUED, RUNNING, Job, JobStore, QueueFull, new_id
+from sdxl.server.store import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, Job, JobStore, QueueFull, new_id
 from sdxl.server.worker import DataFolder, Worker
 
 PROMPT_SYNTAXES = ("none", "a1111", "compel")
@@ -157,8 +157,8 @@ class Service:
             "started": job.started,
             "finished": job.finished,
             "timings": job.result.get("timings", {}),
-            "error": job.error if job.state != QUEUED else None,
-            "note": job.error if job.state == QUEUED else None,
+            "error": job.error if job.state in (FAILED, CANCELLED) else None,
+            "note": job.error if job.state in (QUEUED, RUNNING) else None,  # e.g. queued again after a restart
             "interrupted": job.result.get("interrupted", False),
             "params": job.request["params"],
             "images": images,

@@ -21,6 +21,7 @@ from typing import Any
 from sdxl.metadata import format_parameters, save_png
 from sdxl.params import GenerationParams
 from sdxl.runner import Cancelled, GenerationFailed, Runner, Step
+from sdxl.server.catalog import ModelNotFound
 from sdxl.server.progress import ProgressBoard
 from sdxl.server.store import CANCELLED, DONE, FAILED, Job, JobStore
 
@@ -221,7 +222,7 @@ def describe_failure(err: BaseException) -> tuple[str, str]:
         )
     if isinstance(err, GenerationFailed):
         return BAD_OUTPUT, text
-    if isinstance(err, (ValueError, TypeError, FileNotFoundError, LookupError)):
+    if isinstance(err, (ValueError, TypeError, FileNotFoundError, ModelNotFound)):
         return INPUT_ERROR, text or type(err).__name__
     return INTERNAL_ERROR, f"internal error ({type(err).__name__}: {text}); see the server log"
 
