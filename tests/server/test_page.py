@@ -10,26 +10,19 @@ screenshot.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from server_helpers import wait_for_job
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SERVER_START_S = 180  # importing torch and starting uvicorn on a loaded 2-core machine
 JOB_MS = 120_000  # the first job also loads the demo model
 TOKEN = "page-test-token"
 
@@ -37,7 +30,7 @@ TOKEN = "page-test-token"
 def _missing() -> str | None:
     if not CHROMIUM.exists():
         return f"{CHROMIUM} is missing (apt-get install -y chromium)"
-    for module in ("playwright", "fastapi", "uvicorn"):
+    for module in ("playwright", "fastapi", "uvicorn", "httpx"):
         try:
             __import__(module)
         except ImportError:
@@ -56,71 +49,23 @@ expect.set_options(timeout=15_000)  # page-side waits on a loaded 2-core machine
 
 # ---- the server ----------------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def call(server, path: str, body: dict | None = None) -> dict:
+    """A JSON request to the server (POST when `body` is given); a 4xx/5xx fails the test."""
+    with server.client() as client:
+        response = client.get(path) if body is None else client.post(path, json=body)
+        response.raise_for_status()
+        return response.json()
 
 
-def api(base: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
-    """A JSON request to the server (POST when `body` is given)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-@contextmanager
-def serve(data: Path, *extra: str):
-    """`sdxl serve --model demo` on a free loopback port: yields its base URL; always stopped at the end."""
-    port = _free_port()
-    log = data.parent / f"{data.name}-server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is faster on a loaded 2-core machine
-    command = [sys.executable, "-m", "sdxl.cli", "serve", "--model", "demo", "--host", "127.0.0.1",
-               "--port", str(port), "--data", str(data), "--log-level", "warning", *extra]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"sdxl serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"sdxl serve did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(base + "/", timeout=2).close()
-                break
-            except urllib.error.HTTPError:
-                break  # it answers (401 behind a token)
-            except OSError:
-                time.sleep(0.25)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(15)
-
-
-def wait_for_job(base: str, job_id: str, timeout_s: float = JOB_MS / 1000) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = api(base, f"/v1/jobs/{job_id}")
-        if job["state"] in ("done", "failed", "cancelled"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish within {timeout_s} s")
+def finished(server, job_id: str) -> dict:
+    with server.client() as client:
+        return wait_for_job(client, job_id, timeout=JOB_MS / 1000)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serve(tmp_path_factory.mktemp("page") / "data") as base:
-        yield base
+def server(spawn_module_server, tmp_path_factory):
+    """`sdxl serve --model demo` (a subprocess on a free loopback port) shared by this module's tests."""
+    return spawn_module_server(tmp_path_factory.mktemp("page") / "data")
 
 
 # ---- the browser ---------------------------------------------------------------------------------------------------
@@ -167,7 +112,7 @@ def open_page(context, url: str):
 
 @pytest.fixture
 def page(context, server):
-    with open_page(context, server + "/") as p:
+    with open_page(context, server.url + "/") as p:
         yield p
 
 
@@ -197,7 +142,7 @@ def preview_is(page: Page, prefix: str) -> None:
 # ---- tests ---------------------------------------------------------------------------------------------------------
 
 def test_the_form_offers_the_servers_models_samplers_and_limits(page, server):
-    caps = api(server, "/v1/capabilities")
+    caps = call(server, "/v1/capabilities")
     assert page.locator("#model").input_value() == caps["default_model"] == "demo"
     expect(page.locator("#refiner option")).to_have_text(["none", "demo-refiner"])
     expect(page.locator("#sampler option")).to_have_count(len(caps["samplers"]) + 1)
@@ -242,8 +187,8 @@ def test_cancel_a_queued_and_a_running_job(page, server):
     expect(card(page, running).locator(".badge")).to_have_text("cancelled")
     expect(page.locator("#queue-empty")).to_be_visible()
 
-    never_started = api(server, f"/v1/jobs/{card(page, queued).get_attribute('data-job-id')}")
-    stopped = api(server, f"/v1/jobs/{card(page, running).get_attribute('data-job-id')}")
+    never_started = call(server, f"/v1/jobs/{card(page, queued).get_attribute('data-job-id')}")
+    stopped = call(server, f"/v1/jobs/{card(page, running).get_attribute('data-job-id')}")
     assert never_started["started"] is None and never_started["step"] == 0
     assert stopped["started"] is not None and 1 <= stopped["step"] < 150
 
@@ -251,11 +196,11 @@ def test_cancel_a_queued_and_a_running_job(page, server):
 @pytest.fixture(scope="module")
 def past_job(server) -> dict:
     """A finished job with distinctive parameters, queued through the API."""
-    job = api(server, "/v1/jobs", {
+    job = call(server, "/v1/jobs", {
         "prompt": "a yellow star on a purple background", "negative_prompt": "blurry", "sampler": "DPM++ 2M Karras",
         "steps": 6, "guidance_scale": 7.5, "seed": 4242, "width": 128, "height": 128,
     })
-    job = wait_for_job(server, job["id"])
+    job = finished(server, job["id"])
     assert job["state"] == "done", job
     return job
 
@@ -284,7 +229,7 @@ def test_reuse_fills_the_form_from_a_past_job(past_job, page):
 
 def test_progress_by_polling_when_server_sent_events_are_not_used(context, server):
     prompt = "an orange triangle on a green background"
-    with open_page(context, server + "/?transport=poll") as page:
+    with open_page(context, server.url + "/?transport=poll") as page:
         generate(page, prompt, steps="30")
         preview_is(page, "/preview?step=")  # GET /v1/jobs/{id}/preview
         expect(card(page, prompt).locator(".badge")).to_have_text("done", timeout=JOB_MS)
@@ -305,24 +250,24 @@ def test_image_to_image_sends_the_chosen_file(page, server, tmp_path):
     done = card(page, prompt)
     expect(done.locator(".badge")).to_have_text("done", timeout=JOB_MS)
     expect(done.locator("pre.infotext")).to_contain_text("Denoising strength: 0.5")
-    assert api(server, f"/v1/jobs/{done.get_attribute('data-job-id')}")["params"]["denoising_strength"] == 0.5
+    assert call(server, f"/v1/jobs/{done.get_attribute('data-job-id')}")["params"]["denoising_strength"] == 0.5
 
 
 def test_the_servers_error_is_shown_and_nothing_is_queued(page, server):
-    before = api(server, "/v1/jobs?limit=1")["total"]
+    before = call(server, "/v1/jobs?limit=1")["total"]
     fill(page, prompt="a green square", width="100")
     page.get_by_role("button", name="Generate").click()
     expect(page.get_by_role("alert")).to_contain_text("width must be a positive multiple of 8")
-    assert api(server, "/v1/jobs?limit=1")["total"] == before
+    assert call(server, "/v1/jobs?limit=1")["total"] == before
 
 
 def test_history_pages_and_filters_by_state(page, server):
-    blocker = api(server, "/v1/jobs", {"prompt": "a purple star", "steps": 150})
-    ids = [api(server, "/v1/jobs", {"prompt": f"paged job {i}", "steps": 2})["id"] for i in range(13)]
+    blocker = call(server, "/v1/jobs", {"prompt": "a purple star", "steps": 150})
+    ids = [call(server, "/v1/jobs", {"prompt": f"paged job {i}", "steps": 2})["id"] for i in range(13)]
     for job_id in [*ids, blocker["id"]]:
-        api(server, f"/v1/jobs/{job_id}/cancel", {})
-    wait_for_job(server, blocker["id"])
-    total = api(server, "/v1/jobs?state=cancelled&limit=1")["total"]
+        call(server, f"/v1/jobs/{job_id}/cancel", {})
+    finished(server, blocker["id"])
+    total = call(server, "/v1/jobs?state=cancelled&limit=1")["total"]
     assert total >= 14
 
     page.get_by_label("Show").select_option("cancelled")
@@ -337,20 +282,19 @@ def test_history_pages_and_filters_by_state(page, server):
     expect(cards.locator(".badge")).to_have_text(["cancelled"] * min(12, total - 12))
 
 
-def test_the_page_works_behind_a_token(playwright, tmp_path):
+def test_the_page_works_behind_a_token(playwright, spawn_server, tmp_path):
     """With --token, the browser's HTTP Basic credentials cover the page, its fetches and its event stream."""
-    with serve(tmp_path / "data", "--token", TOKEN) as base:
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(base + "/", timeout=10)
-        assert refused.value.code == 401
-        credentials = {"username": "anyone", "password": TOKEN}
-        with browser(playwright, tmp_path / "profile", http_credentials=credentials) as ctx, \
-                open_page(ctx, base + "/") as page:
-            prompt = "a black circle on a white background"
-            generate(page, prompt, steps="4")
-            expect(card(page, prompt).locator(".badge")).to_have_text("done", timeout=JOB_MS)
-            expect(page.locator("#live-status")).to_contain_text("done")
-            expect(page.locator("#live")).to_have_attribute("data-transport", "sse")
+    protected = spawn_server(tmp_path / "data", "--token", TOKEN)
+    with protected.client() as client:
+        assert client.get("/").status_code == 401
+    credentials = {"username": "anyone", "password": TOKEN}
+    with browser(playwright, tmp_path / "profile", http_credentials=credentials) as ctx, \
+            open_page(ctx, protected.url + "/") as page:
+        prompt = "a black circle on a white background"
+        generate(page, prompt, steps="4")
+        expect(card(page, prompt).locator(".badge")).to_have_text("done", timeout=JOB_MS)
+        expect(page.locator("#live-status")).to_contain_text("done")
+        expect(page.locator("#live")).to_have_attribute("data-transport", "sse")
 
 
 @pytest.mark.skipif(not os.environ.get("SDXL_PAGE_SCREENSHOT"), reason="set SDXL_PAGE_SCREENSHOT=PATH to take it")
@@ -359,9 +303,9 @@ def test_screenshot(page, server):
     prompts = ["a red circle on a blue background", "a yellow star on a purple background",
                "a green triangle on a white background", "a white cross on an orange background",
                "a blue square on a yellow background"]
-    jobs = [api(server, "/v1/jobs", {"prompt": p, "steps": 20, "seed": 7 + i}) for i, p in enumerate(prompts)]
+    jobs = [call(server, "/v1/jobs", {"prompt": p, "steps": 20, "seed": 7 + i}) for i, p in enumerate(prompts)]
     for job in jobs:
-        wait_for_job(server, job["id"])
+        finished(server, job["id"])
     page.reload()
     generate(page, "a purple circle in the top left corner on a green background", steps="40", seed="3",
              negative_prompt="blurry")
@@ -369,6 +313,6 @@ def test_screenshot(page, server):
     page.wait_for_function("document.getElementById('live-progress').value >= 34", timeout=JOB_MS)
     preview_is(page, "data:image/png;base64,")
     page.screenshot(path=os.environ["SDXL_PAGE_SCREENSHOT"], full_page=True)
-    for job in api(server, "/v1/jobs?limit=5")["jobs"]:
-        if job["state"] in ("queued", "running"):
-            api(server, f"/v1/jobs/{job['id']}/cancel", {})
+    with server.client() as client:  # no need to wait for them (one may end meanwhile: a 409 then)
+        for job in client.get("/v1/jobs", params={"limit": 5}).json()["jobs"]:
+            client.post(f"/v1/jobs/{job['id']}/cancel")
