@@ -35,7 +35,8 @@ class Service:
         self.default_model = self.catalog.entries()[0].name
         device = pick_device(config.device)
         self.runner = runner or Runner(device, pick_dtype(config.dtype, device), resolve=self._source)
-        self.worker = Worker(self.store, self.runner, self.data, self.board, preview_every=config.preview_every)
+        self.worker = Worker(self.store, self.runner, self.data, self.board, preview_every=config.preview_every,
+                             preload=self.default_model if config.preload else None)
         self.requeued, self.failed_on_start = self.store.recover()
 
     def _source(self, name: str) -> str:

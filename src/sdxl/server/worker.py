@@ -79,12 +79,13 @@ class Worker:
     """Runs jobs from `store` one at a time on a background thread."""
 
     def __init__(self, store: JobStore, runner: Runner, data: DataFolder, board: ProgressBoard, *,
-                 preview_every: int = 2):
+                 preview_every: int = 2, preload: str | None = None):
         self.store = store
         self.runner = runner
         self.data = data
         self.board = board
         self.preview_every = preview_every
+        self.preload = preload  # a model to load before the first job (so that job does not wait for it)
         self.current: str | None = None  # id of the running job
         self._cancel: set[str] = set()
         self._stop_current: str | None = None  # A1111 interrupt/skip: end denoising early, keep the images
@@ -130,6 +131,11 @@ class Worker:
     # ---- the loop --------------------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        if self.preload:
+            try:
+                self.runner.load(self.preload)
+            except Exception as err:  # the jobs that need it will fail with the reason; keep serving
+                logger.error("could not load %s at start: %s", self.preload, err)
         while not self._halt.is_set():
             job = self.store.claim_next()
             if job is None:
