@@ -45,7 +45,8 @@ class Step:
 
     `step` counts UNet steps done in the whole run (base and refiner), `total` the steps the run will take;
     `latents` are the current (B, C, h, w) latents of the stage `stage` ("base" or "refiner"), whose pipeline is
-    `pipe` (its VAE decodes them).
+    `pipe` (its VAE decodes them); `denoised` is the step's estimate of the finished latents (what a preview should
+    show; the latents themselves where the scheduler gives no estimate).
     """
 
     step: int
@@ -53,6 +54,7 @@ class Step:
     stage: str
     latents: torch.Tensor
     pipe: Any
+    denoised: torch.Tensor | None = None
 
 
 # What a step callback returns: None to go on, "stop" to end denoising here and decode what there is (A1111's
@@ -349,6 +351,7 @@ class _Progress:
         self.stopped = False
 
     def callback(self, stage: str) -> Callable[..., dict] | None:
+        """A diffusers-style step-end callback object for one stage (None without a step callback)."""
         if self.on_step is None:
             return None
         offset = None
@@ -365,10 +368,12 @@ class _Progress:
                 else:
                     self.total = max(self.total, offset + stage_steps)
             self.done = offset + i + 1
-            action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe))
+            action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe,
+                                       tensors.get("denoised")))
             if action == "stop":
                 pipe._interrupt = True
                 self.stopped = True
             return {}
 
+        on_step_end.tensor_inputs = ("latents", "denoised")  # read by the pipelines, as diffusers' callback objects
         return on_step_end

@@ -26,8 +26,9 @@ import torch
 
 from sdxl.noise import Generator, randn_tensor
 
-# Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL text2img).
-CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
+# Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL text2img), and
+# "denoised" (ours): the step's estimate of the clean latents, for previews (read-only in effect).
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "denoised")
 
 
 
@@ -210,10 +211,13 @@ def denoise(
             )[0]
             if do_cfg:
                 noise_pred = classifier_free_guidance(noise_pred, pipe.guidance_scale, pipe.guidance_rescale)
-            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            stepped = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)
+            latents = stepped[0]
             if after_step_hook is not None:
                 latents = after_step_hook(i, t, latents, state)
             state["latents"] = latents
+            # the scheduler's estimate of the clean latents where it gives one (live previews show it)
+            state["denoised"] = stepped[1] if len(stepped) > 1 else latents
 
             if callback_on_step_end is not None:
                 outputs = callback_on_step_end(pipe, i, t, {k: state[k] for k in callback_on_step_end_tensor_inputs})

@@ -196,7 +196,8 @@ class Worker:
         if self._previewer is None or self._previewer[0] is not vae:
             self._previewer = (vae, LatentPreviewer(vae))
         try:
-            image = self._previewer[1](step.latents[:1])[0]
+            shown = step.denoised if step.denoised is not None else step.latents
+            image = self._previewer[1](shown[:1])[0]
         except (ValueError, RuntimeError) as err:  # a preview is a nicety: never fail the job for one
             logger.warning("no preview: %s", err)
             return None
