@@ -174,7 +174,8 @@ class Runner:
         """The name of the base model in memory, if any."""
         return self._base[0] if self._base is not None else None
 
-    def _task_pipe(self, base: Any, mode: str) -> Any:
+    def task_pipe(self, base: Any, mode: str) -> Any:
+        """`base`'s pipeline for `mode` (txt2img, img2img, inpaint), on the same modules."""
         import sdxl
 
         cls = getattr(sdxl, PIPELINE_CLASSES[mode])
@@ -221,8 +222,8 @@ class Runner:
         mode = mode_of(image, mask)
         check_params(params, mode)
         seed = resolve_seed(params.seed)
-        base = self._task_pipe(self.load(params.model), mode)
-        sampler = self._set_sampler(base, params.sampler)
+        base = self.task_pipe(self.load(params.model), mode)
+        sampler = self.set_sampler(base, params.sampler)
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
         common = dict(
             prompt=params.prompt,
@@ -245,7 +246,7 @@ class Runner:
                 mask = base.mask_processor.blur(mask, blur_factor=params.mask_blur)
             kwargs.update(mask_image=mask, padding_mask_crop=params.padding_mask_crop)
 
-        progress = _Progress(on_step, params)
+        progress = Progress(on_step, params)
         if not params.refiner:
             images = base(**kwargs, callback_on_step_end=progress.callback("base")).images
         else:
@@ -270,7 +271,7 @@ class Runner:
             for i, img in enumerate(images)
         ]
 
-    def _set_sampler(self, pipe: Any, name: str | None) -> str:
+    def set_sampler(self, pipe: Any, name: str | None) -> str:
         """Give `pipe` a fresh scheduler from its model's own config (with the sampler's options when `name` is
         given); return the sampler's name as A1111 writes it."""
         import sdxl
@@ -340,7 +341,7 @@ def check_params(params: GenerationParams, mode: str) -> None:
                          "of the crop only); drop one of them")
 
 
-class _Progress:
+class Progress:
     """Counts steps across the base and refiner stages and forwards them to the caller's step callback."""
 
     def __init__(self, on_step: StepCallback | None, params: GenerationParams):
