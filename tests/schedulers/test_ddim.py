@@ -9,7 +9,7 @@ import pytest
 import torch
 from scheduler_helpers import SDXL, SDXL_SCHEDULER_JSON, STEP_COUNTS, assert_loops_match, denoise, rel_err, start_sample
 
-from sdxl.schedulers import base
+from sdxl.schedulers import base, registry
 from sdxl.schedulers.ddim import DDIMScheduler
 from sdxl.schedulers.euler import EulerDiscreteScheduler
 
@@ -206,14 +206,14 @@ def test_compatibles_list_the_registered_diffusers_compatibles():
     ours = {cls.__name__ for cls in DDIMScheduler().compatibles}
     ref = {cls.__name__ for cls in diffusers.DDIMScheduler().compatibles}
     assert set(base.KARRAS_SCHEDULERS) == ref  # diffusers 0.42 lists 15 (EDMEuler and DPMSolverSDE included)
-    assert ours == ref & set(base._MODULES)
+    assert ours == ref & set(registry.MODULES)
     assert set(PART_B) <= ours
     for name in PART_B:
         assert {cls.__name__ for cls in base.scheduler_class(name)().compatibles} == ours
 
 
 def test_compatibles_are_complete_once_every_scheduler_is_registered():
-    missing = sorted(set(base.KARRAS_SCHEDULERS) - set(base._MODULES))
+    missing = sorted(set(base.KARRAS_SCHEDULERS) - set(registry.MODULES))
     if missing:
         pytest.skip(f"not implemented yet: {missing}")
     assert {cls.__name__ for cls in DDIMScheduler().compatibles} == set(base.KARRAS_SCHEDULERS)
