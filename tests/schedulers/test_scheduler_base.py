@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from scheduler_helpers import SDXL, SDXL_SCHEDULER_JSON, assert_schedule_equal
 from diffusers.utils.torch_utils import randn_tensor as reference_randn
+from scheduler_helpers import SDXL, SDXL_SCHEDULER_JSON, assert_schedule_equal
 
 import sdxl
-from sdxl.schedulers import base, registry, sigmas
 from sdxl.noise import randn_tensor
+from sdxl.schedulers import base, registry, sigmas
 from sdxl.schedulers.base import SchedulerOutput, scheduler_class
 from sdxl.schedulers.dpm_multistep import DPMSolverMultistepScheduler
 from sdxl.schedulers.euler import EulerDiscreteScheduler
