@@ -42,6 +42,16 @@ def scheduler_pair(name: str):
     return pair
 
 
+def normalized(config) -> dict:
+    """A config as a plain dict, comparable across libraries (default-key lists are unordered, betas lists)."""
+    out = dict(config)
+    if "_use_default_values" in out:
+        out["_use_default_values"] = sorted(out["_use_default_values"])
+    if out.get("trained_betas") is not None:
+        out["trained_betas"] = [float(b) for b in out["trained_betas"]]
+    return out
+
+
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """max |ours - ref| / max |ref| in float64."""
     ours, ref = ours.double(), ref.double()

@@ -13,6 +13,7 @@ from scheduler_helpers import (
     STEP_COUNTS,
     assert_loops_match,
     denoise,
+    normalized,
     rel_err,
     scheduler_pair,
     start_sample,
@@ -34,13 +35,6 @@ PART_B = (
 
 
 pair = scheduler_pair("DDIMScheduler")
-
-
-def normalized(config) -> dict:
-    out = dict(config)
-    if "_use_default_values" in out:
-        out["_use_default_values"] = sorted(out["_use_default_values"])
-    return out
 
 
 def assert_timesteps_equal(ours, ref) -> None:

@@ -12,7 +12,7 @@ import pytest
 import scipy.stats
 import torch
 from diffusers.utils.torch_utils import randn_tensor as reference_randn
-from scheduler_helpers import SDXL, SDXL_SCHEDULER_JSON, assert_schedule_equal
+from scheduler_helpers import SDXL, SDXL_SCHEDULER_JSON, assert_schedule_equal, normalized
 
 import sdxl
 from sdxl.noise import randn_tensor
@@ -38,16 +38,6 @@ DIFFUSERS_SOURCES = [
     "DEISMultistepScheduler",
     "UniPCMultistepScheduler",
 ]
-
-
-def normalized(config) -> dict:
-    """A config as a plain dict, comparable across libraries (default-key lists are unordered, betas lists)."""
-    out = dict(config)
-    if "_use_default_values" in out:
-        out["_use_default_values"] = sorted(out["_use_default_values"])
-    if out.get("trained_betas") is not None:
-        out["trained_betas"] = [float(b) for b in out["trained_betas"]]
-    return out
 
 
 # --- sigma math ---

@@ -60,6 +60,8 @@ class Scheduler:
     has_compatibles: ClassVar[bool] = True
     supports_custom_timesteps: ClassVar[bool] = True
     supports_custom_sigmas: ClassVar[bool] = True
+    min_custom_sigmas: ClassVar[int] = 2
+    custom_sigmas_meaning: ClassVar[str] = "the noise levels, the last one the final sigma"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,6 +78,17 @@ class Scheduler:
                 f"use {type(self).__name__}.from_config(config) for a mapping or another scheduler's config"
             )
         self._config = config
+        self._init_betas()
+        self.num_inference_steps: int | None = None
+        self.timesteps: torch.Tensor
+        self.sigmas: torch.Tensor
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._init_schedule()
+
+    def _init_betas(self) -> None:
+        """betas, alphas and alphas_cumprod of the training schedule (the EDM schedulers have none)."""
+        config = self._config
         betas = make_betas(
             config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end, config.trained_betas
         )
@@ -83,12 +96,6 @@ class Scheduler:
         self.betas = rescale_zero_terminal_snr(betas) if zero_snr else betas
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = make_alphas_cumprod(self.betas, zero_snr)
-        self.num_inference_steps: int | None = None
-        self.timesteps: torch.Tensor
-        self.sigmas: torch.Tensor
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
-        self._init_schedule()
 
     # --- config ---
 
@@ -207,10 +214,11 @@ class Scheduler:
         if sigmas is not None:
             if not self.supports_custom_sigmas:
                 raise ValueError(f"{name} does not support custom sigmas; pass num_inference_steps or timesteps")
-            sigmas = np.asarray(sigmas)
-            if sigmas.ndim != 1 or len(sigmas) < 2:
+            sigmas = np.asarray(sigmas.cpu() if isinstance(sigmas, torch.Tensor) else sigmas)
+            if sigmas.ndim != 1 or len(sigmas) < self.min_custom_sigmas:
                 raise ValueError(
-                    f"sigmas must be a 1-D sequence of at least 2 values (the last is the final sigma), got shape {sigmas.shape}"
+                    f"sigmas must be a 1-D sequence of at least {self.min_custom_sigmas} values "
+                    f"({self.custom_sigmas_meaning}), got shape {sigmas.shape}"
                 )
         if num_inference_steps is not None:
             num_inference_steps = int(num_inference_steps)

@@ -13,61 +13,42 @@ from sdxl.schedulers.sigmas import BETA_SCHEDULES
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class SchedulerConfig(Mapping):
-    """A scheduler's frozen config: diffusers' keys as attributes, and a read-only mapping like diffusers' FrozenDict.
+class ConfigMapping(Mapping):
+    """A frozen config: diffusers' keys as attributes, and a read-only mapping like diffusers' FrozenDict.
 
     Beside its own fields it keeps diffusers' bookkeeping so configs travel between scheduler classes as they do
     in diffusers: `_use_default_values` (fields left at their default, which another class must not inherit)
-    and `_hidden` (keys of other schedulers, `_class_name`, ... carried along unchanged).
+    and `_hidden` (keys of other schedulers, `_class_name`, ... carried along unchanged). The EDM schedulers'
+    configs derive from it directly (they have no betas); the others from `SchedulerConfig`.
     """
 
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
-    prediction_type: str = "epsilon"
     _use_default_values: tuple[str, ...] = field(default=(), repr=False)
     _hidden: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     # key -> supported values; keys not listed take any value of their type
-    choices: ClassVar[dict[str, tuple]] = {
-        "beta_schedule": BETA_SCHEDULES,
-        "prediction_type": ("epsilon", "v_prediction", "sample"),
-    }
+    choices: ClassVar[dict[str, tuple]] = {}
     # key -> {value of another scheduler: our equivalent}, applied before validation (as diffusers does)
     aliases: ClassVar[dict[str, dict[Any, Any]]] = {}
-    sigma_schedule_keys: ClassVar[dict[str, str]] = {
-        "use_karras_sigmas": "karras",
-        "use_exponential_sigmas": "exponential",
-        "use_beta_sigmas": "beta",
-    }
 
     def __post_init__(self) -> None:
         for key, table in self.aliases.items():
             value = getattr(self, key)
             if isinstance(value, str) and value in table:
                 object.__setattr__(self, key, table[value])
-        if self.trained_betas is not None:
-            betas = np.asarray(self.trained_betas, dtype=np.float64).reshape(-1)
-            object.__setattr__(self, "trained_betas", tuple(float(b) for b in betas))
         for key, supported in self.choices.items():
             value = getattr(self, key)
             if value not in supported:
                 raise ValueError(
                     f"{self.scheduler_name} does not support {key}={value!r}; supported values: {supported}"
                 )
-        if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
-        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
-            raise ValueError(
-                f"trained_betas has {len(self.trained_betas)} values but num_train_timesteps is "
-                f"{self.num_train_timesteps}; give one beta per training timestep"
-            )
-        chosen = [key for key in self.sigma_schedule_keys if getattr(self, key, False)]
-        if len(chosen) > 1:
-            raise ValueError(f"{self.scheduler_name}: only one of {chosen} can be True")
+        num_train = getattr(self, "num_train_timesteps", 2)
+        if not isinstance(num_train, int) or num_train < 2:
+            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train!r}")
+        self._check_keys()
         self.validate()
+
+    def _check_keys(self) -> None:
+        """Checks of the keys a family of configs shares (before `validate`)."""
 
     def validate(self) -> None:
         """Checks across keys; subclasses raise ValueError for combinations they do not support."""
@@ -75,14 +56,6 @@ class SchedulerConfig(Mapping):
     @property
     def scheduler_name(self) -> str:
         return type(self).__name__.removesuffix("Config")
-
-    @property
-    def sigma_schedule(self) -> str | None:
-        """'karras', 'exponential', 'beta' (from the use_*_sigmas keys), or None for the interpolated schedule."""
-        for key, kind in self.sigma_schedule_keys.items():
-            if getattr(self, key, False):
-                return kind
-        return None
 
     # --- construction ---
 
@@ -157,3 +130,46 @@ class SchedulerConfig(Mapping):
         if out.get("trained_betas") is not None:
             out["trained_betas"] = list(out["trained_betas"])
         return out
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SchedulerConfig(ConfigMapping):
+    """The config of a scheduler over a discrete VP schedule: diffusers' training-schedule keys (the betas)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: tuple[float, ...] | None = None
+    prediction_type: str = "epsilon"
+
+    choices: ClassVar[dict[str, tuple]] = {
+        "beta_schedule": BETA_SCHEDULES,
+        "prediction_type": ("epsilon", "v_prediction", "sample"),
+    }
+    sigma_schedule_keys: ClassVar[dict[str, str]] = {
+        "use_karras_sigmas": "karras",
+        "use_exponential_sigmas": "exponential",
+        "use_beta_sigmas": "beta",
+    }
+
+    def _check_keys(self) -> None:
+        if self.trained_betas is not None:
+            betas = np.asarray(self.trained_betas, dtype=np.float64).reshape(-1)
+            object.__setattr__(self, "trained_betas", tuple(float(b) for b in betas))
+            if len(self.trained_betas) != self.num_train_timesteps:
+                raise ValueError(
+                    f"trained_betas has {len(self.trained_betas)} values but num_train_timesteps is "
+                    f"{self.num_train_timesteps}; give one beta per training timestep"
+                )
+        chosen = [key for key in self.sigma_schedule_keys if getattr(self, key, False)]
+        if len(chosen) > 1:
+            raise ValueError(f"{self.scheduler_name}: only one of {chosen} can be True")
+
+    @property
+    def sigma_schedule(self) -> str | None:
+        """'karras', 'exponential', 'beta' (from the use_*_sigmas keys), or None for the interpolated schedule."""
+        for key, kind in self.sigma_schedule_keys.items():
+            if getattr(self, key, False):
+                return kind
+        return None

@@ -47,6 +47,8 @@ MODULES: dict[str, str] = {
     "KDPM2AncestralDiscreteScheduler": "sdxl.schedulers.kdpm2",
     "LMSDiscreteScheduler": "sdxl.schedulers.lms",
     "DPMSolverSDEScheduler": "sdxl.schedulers.dpm_sde",
+    "EDMEulerScheduler": "sdxl.schedulers.edm_euler",
+    "EDMDPMSolverMultistepScheduler": "sdxl.schedulers.edm_dpm_multistep",
 }
 CLASSES: dict[str, type[Scheduler]] = {}  # filled by Scheduler.__init_subclass__
 
