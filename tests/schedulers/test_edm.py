@@ -150,6 +150,8 @@ def test_errors():
         EDMEulerScheduler(prediction_type="sample")
     with pytest.raises(ValueError, match="does not support sigma_schedule='linear'"):
         EDMEulerScheduler(sigma_schedule="linear")
+    with pytest.raises(ValueError, match="needs sigma_min > 0, got None"):
+        EDMEulerScheduler.from_config({"sigma_min": None, "num_train_timesteps": 1000})
     with pytest.raises(ValueError, match="does not support custom timesteps"):
         EDMEulerScheduler().set_timesteps(timesteps=[999, 500])
     with pytest.raises(ValueError, match="does not support custom sigmas"):

@@ -51,6 +51,16 @@ class EDMConfig(ConfigMapping):
         "final_sigmas_type": ("zero", "sigma_min"),
     }
 
+    def _check_keys(self) -> None:
+        for key in ("sigma_min", "sigma_max", "sigma_data"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(
+                    f"{self.scheduler_name} needs {key} > 0, got {value!r} (a config from a scheduler without it, such "
+                    f"as SDXL's Euler config, leaves it unset): pass {key}=... to from_config, e.g. "
+                    "sigma_min=0.0292, sigma_max=14.6146 for SDXL's training range"
+                )
+
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class EDMEulerSchedulerConfig(EDMConfig):
