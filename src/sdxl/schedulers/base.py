@@ -21,7 +21,8 @@ import torch
 from sdxl.schedulers import registry
 from sdxl.schedulers.config import SchedulerConfig
 from sdxl.schedulers.registry import KARRAS_SCHEDULERS, register_scheduler_module, scheduler_class
-from sdxl.schedulers.sigmas import make_alphas_cumprod, make_betas, rescale_zero_terminal_snr
+from sdxl.schedulers.schedule_types import schedule_sigmas
+from sdxl.schedulers.sigmas import make_alphas_cumprod, make_betas, rescale_zero_terminal_snr, training_sigmas
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Scheduler:
     supports_custom_timesteps: ClassVar[bool] = True
     supports_custom_sigmas: ClassVar[bool] = True
     min_custom_sigmas: ClassVar[int] = 2
+    supports_schedule_types: ClassVar[bool] = False  # True for the k-diffusion samplers (set_schedule_type)
     custom_sigmas_meaning: ClassVar[str] = "the noise levels, the last one the final sigma"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -84,6 +86,7 @@ class Scheduler:
         self.sigmas: torch.Tensor
         self._step_index: int | None = None
         self._begin_index: int | None = None
+        self._schedule_type: tuple[str, float | None] | None = None
         self._init_schedule()
 
     def _init_betas(self) -> None:
@@ -222,12 +225,40 @@ class Scheduler:
                 )
         if num_inference_steps is not None:
             num_inference_steps = int(num_inference_steps)
-        schedule_timesteps, schedule_sigmas = self._schedule(num_inference_steps, timesteps, sigmas)
+            if self._schedule_type is not None:
+                name, rho = self._schedule_type
+                sigmas = schedule_sigmas(name, num_inference_steps, training_sigmas(self.alphas_cumprod).numpy(), rho)
+                num_inference_steps = None
+        schedule_timesteps, schedule_sigmas_ = self._schedule(num_inference_steps, timesteps, sigmas)
         self.timesteps = schedule_timesteps.to(device=device)
-        self.sigmas = schedule_sigmas.to("cpu")  # per-step scalars stay on the host, as in diffusers
+        self.sigmas = schedule_sigmas_.to("cpu")  # per-step scalars stay on the host, as in diffusers
         self._step_index = None
         self._begin_index = None
         self._prepare_steps()
+
+    # --- AUTOMATIC1111's schedule types ---
+
+    @property
+    def schedule_type(self) -> str | None:
+        """The A1111 schedule type `set_timesteps(n)` uses (schedule_types.py), or None for the config's own."""
+        return None if self._schedule_type is None else self._schedule_type[0]
+
+    def set_schedule_type(self, name: str | None, rho: float | None = None) -> None:
+        """Use AUTOMATIC1111's schedule type `name` ("karras", "align_your_steps", ... as /sdapi/v1/schedulers
+        names them; None or "automatic" for the config's own schedule) for every later `set_timesteps(n)`:
+        the noise levels come from that schedule over the training sigmas and run through this scheduler's own
+        custom-sigma path. `rho` overrides the default of karras (7) and polyexponential (1). Only the
+        k-diffusion samplers take schedule types; custom `timesteps`/`sigmas` still win when passed."""
+        if name is None or name == "automatic":
+            self._schedule_type = None
+            return
+        if not self.supports_schedule_types:
+            raise ValueError(
+                f"{type(self).__name__} takes no schedule type ({name!r}): schedule types apply to the k-diffusion "
+                "samplers (Euler, Euler a, Heun, LMS, DPM2, DPM2 a, DPM++ 2M/SDE/2S); use 'automatic' here"
+            )
+        schedule_sigmas(name, 2, training_sigmas(self.alphas_cumprod).numpy(), rho)  # a bad name or rho fails now
+        self._schedule_type = (name, rho)
 
     # --- step index (img2img and refiner start mid-schedule) ---
 

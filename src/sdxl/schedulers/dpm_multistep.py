@@ -280,12 +280,22 @@ def multistep_update(
     )
 
 
+def custom_level_schedule(scheduler: Scheduler, sigmas: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int64 timesteps, float32 levels) of custom levels (a schedule type's, final level last) for the DPM-Solver
+    family: the timesteps are the levels' rounded fractional training timesteps, as their karras path has them."""
+    log_sigmas = np.log(training_sigmas(scheduler.alphas_cumprod).numpy())
+    scheduler.num_inference_steps = len(sigmas) - 1
+    timesteps = sigma_to_t(np.asarray(sigmas[:-1], dtype=np.float64), log_sigmas).round()
+    return torch.from_numpy(timesteps).to(torch.int64), torch.from_numpy(np.asarray(sigmas, dtype=np.float32))
+
+
 class DPMSolverMultistepScheduler(Scheduler):
     """DPM-Solver++ 2M (default), 3M, SDE and the original DPM-Solver, with diffusers' API."""
 
     config_class: ClassVar[type[SchedulerConfig]] = DPMSolverMultistepSchedulerConfig
     order: ClassVar[int] = 1
     supports_custom_sigmas: ClassVar[bool] = False
+    supports_schedule_types: ClassVar[bool] = True
 
     def _init_schedule(self) -> None:
         init_log_snr_schedule(self)
@@ -296,6 +306,8 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def _schedule(self, num_inference_steps, timesteps, sigmas):
         cfg = self.config
+        if sigmas is not None:  # a schedule type's levels: rounded timesteps, as DPM's karras path
+            return custom_level_schedule(self, sigmas)
         if timesteps is not None:
             timesteps = timesteps.astype(np.int64)
         else:

@@ -111,6 +111,7 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
 
     config_class: ClassVar[type[SchedulerConfig]] = EulerDiscreteSchedulerConfig
     order: ClassVar[int] = 1
+    supports_schedule_types: ClassVar[bool] = True
 
     def _init_schedule(self) -> None:
         sigmas = training_sigmas(self.alphas_cumprod).flip(0)
