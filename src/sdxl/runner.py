@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sdxl.params import GenerationParams, find_sampler, sampler_name
+from sdxl.hires import check_sampling_params
+from sdxl.params import GenerationParams, find_sampler, find_schedule, find_upscaler, sampler_name
 
 if TYPE_CHECKING:
     import torch
@@ -43,7 +44,8 @@ class Step:
     """One finished denoising step, as the step callback sees it.
 
     `step` counts UNet steps done in the whole run (base and refiner), `total` the steps the run will take;
-    `latents` are the current (B, C, h, w) latents of the stage `stage` ("base" or "refiner"), whose pipeline is
+    `latents` are the current (B, C, h, w) latents of the stage `stage` ("base", "refiner" or "hires": the hires
+    fix's second pass), whose pipeline is
     `pipe` (its VAE decodes them).
     """
 
@@ -179,7 +181,8 @@ class Runner:
         check_params(params, mode)
         seed = resolve_seed(params.seed)
         base = self._task_pipe(self.load(params.model), mode)
-        sampler = self._set_sampler(base, params.sampler)
+        sampler = self._set_sampler(base, params.sampler, params.schedule)
+        # one CPU generator per image: image i of a batch is the image of seed + i alone (diffusers' generator lists)
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
         common = dict(
             prompt=params.prompt,
@@ -202,8 +205,16 @@ class Runner:
                 mask = base.mask_processor.blur(mask, blur_factor=params.mask_blur)
             kwargs.update(mask_image=mask, padding_mask_crop=params.padding_mask_crop)
 
+        subseed = None
+        if params.subseed_strength:
+            subseed = resolve_seed(params.subseed)
+            kwargs["latents"] = self._variation_latents(base, params, seed, subseed)
+
         progress = _Progress(on_step, params)
-        if not params.refiner:
+        first_size = None
+        if params.hires_scale is not None:
+            images, first_size = self._hires(base, params, kwargs, common, seed, progress)
+        elif not params.refiner:
             images = base(**kwargs, callback_on_step_end=progress.callback("base")).images
         else:
             latents = base(
@@ -220,15 +231,71 @@ class Runner:
                     # as diffusers' guide: the inpainting refiner takes the base's latents as `image`, and the mask
                     refine.update(mask_image=kwargs["mask_image"], width=params.width, height=params.height)
                 images = refiner(**refine, callback_on_step_end=progress.callback("refiner")).images
-        used = replace(params, seed=seed, sampler=sampler)
-        return [
-            GeneratedImage(img, replace(used, seed=seed + i, width=img.width, height=img.height, batch_size=1))
-            for i, img in enumerate(images)
-        ]
+        schedule = find_schedule(params.schedule)
+        used = replace(params, seed=seed, sampler=sampler, schedule=None if schedule.name == "automatic" else schedule.label)
+        if subseed is not None:
+            used = replace(used, subseed=subseed)
+        results = []
+        for i, img in enumerate(images):
+            # with hires fix, Size is the first pass's (as A1111 records it) and the image is hires_scale larger
+            width, height = first_size or (img.width, img.height)
+            one = replace(used, seed=seed + i, width=width, height=height, batch_size=1)
+            if subseed is not None:
+                one = replace(one, subseed=subseed + i)
+            results.append(GeneratedImage(img, one))
+        return results
 
-    def _set_sampler(self, pipe: Any, name: str | None) -> str:
+    def _variation_latents(self, pipe: Any, params: GenerationParams, seed: int, subseed: int) -> torch.Tensor:
+        """A1111's variation seeds: image i starts from slerp(strength, noise(seed + i), noise(subseed + i))."""
+        from sdxl.hires import variation_noise
+
+        f = pipe.vae_scale_factor
+        height = params.height or pipe.default_sample_size * f
+        width = params.width or pipe.default_sample_size * f
+        shape = (pipe.unet.config.in_channels, height // f, width // f)
+        n = params.batch_size
+        return variation_noise(
+            shape, [seed + i for i in range(n)], [subseed + i for i in range(n)], params.subseed_strength,
+            pipe.unet.dtype,
+        ).to(self.device)
+
+    def _hires(
+        self, base: Any, params: GenerationParams, kwargs: dict, common: dict, seed: int, progress: _Progress
+    ) -> tuple[list[Image.Image], tuple[int, int]]:
+        """A1111's hires fix: the first pass, an upscale (of its latents, or of its decoded images), then an
+        image-to-image pass of exactly `hires_steps` steps at `denoising_strength` with fresh per-image noise from
+        the same seeds. Returns the images and the first pass's (width, height)."""
+        import torch
+
+        from sdxl.hires import hires_schedule, hires_size, upscale_images, upscale_latents
+
+        upscaler = find_upscaler(params.hires_upscaler)
+        latent_space = upscaler.space == "latent"
+        first = base(
+            **kwargs, output_type="latent" if latent_space else "pil", callback_on_step_end=progress.callback("base")
+        ).images
+        f = base.vae_scale_factor
+        size = (first.shape[-1] * f, first.shape[-2] * f) if latent_space else first[0].size
+        if progress.stopped:  # stopped during the first pass: no second pass
+            return (_decode(base, first) if latent_space else first), size
+        width, height = hires_size(*size, params.hires_scale)
+        if latent_space:
+            upscaled = upscale_latents(first, (height // f, width // f), upscaler)
+        else:
+            upscaled = upscale_images(first, (width, height), upscaler)
+        total, strength = hires_schedule(params.hires_steps or params.steps, params.denoising_strength)
+        i2i = self._task_pipe(base, IMG2IMG)
+        generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
+        images = i2i(
+            **dict(common, num_inference_steps=total, generator=generators), image=upscaled, strength=strength,
+            callback_on_step_end=progress.callback("hires"),
+        ).images
+        return images, size
+
+    def _set_sampler(self, pipe: Any, name: str | None, schedule: str | None = None) -> str:
         """Give `pipe` a fresh scheduler from its model's own config (with the sampler's options when `name` is
-        given); return the sampler's name as A1111 writes it."""
+        given, and A1111's schedule type `schedule` when not Automatic); return the sampler's name as A1111 writes
+        it."""
         import sdxl
 
         default = getattr(pipe, "_sdxl_default_scheduler", pipe.scheduler)
@@ -237,6 +304,9 @@ class Runner:
             pipe.scheduler = getattr(sdxl, sampler.scheduler).from_config(default.config, **sampler.options)
         else:
             pipe.scheduler = type(default).from_config(default.config)
+        schedule_type = find_schedule(schedule)
+        if schedule_type.name != "automatic":
+            pipe.scheduler.set_schedule_type(schedule_type.name)
         return sampler_name(pipe.scheduler)
 
 
@@ -269,6 +339,7 @@ def check_params(params: GenerationParams, mode: str) -> None:
         raise ValueError(f"mask_blur must be 0 or more pixels (got {params.mask_blur})")
     if params.padding_mask_crop is not None and params.padding_mask_crop < 0:
         raise ValueError(f"padding_mask_crop must be 0 or more pixels (got {params.padding_mask_crop})")
+    check_sampling_params(params, text2img=mode == TEXT2IMG)
     if params.refiner and params.padding_mask_crop is not None:
         raise ValueError("padding_mask_crop cannot be combined with a refiner (the base would hand over the latents "
                          "of the crop only); drop one of them")
@@ -298,6 +369,8 @@ class _Progress:
                     # the refiner runs the rest of the schedule: about steps * (1 - switch) more
                     rest = round(self.params.steps * (1 - self.params.refiner_switch_at))
                     self.total = stage_steps + max(rest, 1)
+                elif stage == "base" and self.params.hires_scale is not None:
+                    self.total = stage_steps + (self.params.hires_steps or self.params.steps)
                 else:
                     self.total = max(self.total, offset + stage_steps)
             self.done = offset + i + 1
