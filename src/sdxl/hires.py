@@ -87,6 +87,54 @@ def variation_noise(
     return torch.stack(rows)
 
 
+def variation_latents(pipe: Any, params: GenerationParams, seed: int, subseed: int) -> torch.Tensor:
+    """The text-to-image `latents` of A1111's variation seeds for `pipe` at the params' size (CPU)."""
+    f = pipe.vae_scale_factor
+    height = params.height or pipe.default_sample_size * f
+    width = params.width or pipe.default_sample_size * f
+    shape = (pipe.unet.config.in_channels, height // f, width // f)
+    n = params.batch_size
+    seeds, subseeds = [seed + i for i in range(n)], [subseed + i for i in range(n)]
+    return variation_noise(shape, seeds, subseeds, params.subseed_strength, pipe.unet.dtype)
+
+
+def hires_fix(
+    base: Any, img2img: Any, params: GenerationParams, kwargs: dict, common: dict, seed: int, progress: Any
+) -> tuple[list[Image.Image], tuple[int, int]]:
+    """A1111's hires fix with the text-to-image pipeline `base` and the image-to-image pipeline `img2img` on the
+    same modules: the first pass (`kwargs`), an upscale (of its latents, or of its decoded images), then an
+    image-to-image pass (`common` arguments) of exactly `hires_steps` steps at `denoising_strength` with fresh
+    per-image noise from the same seeds. `progress` gives the step callbacks (`callback(stage)`) and says whether
+    the first pass was stopped (`stopped`). Returns the images and the first pass's (width, height)."""
+    import torch
+
+    from sdxl.pipelines.denoise import decode_latents
+
+    upscaler = find_upscaler(params.hires_upscaler)
+    latent_space = upscaler.space == "latent"
+    first = base(
+        **kwargs, output_type="latent" if latent_space else "pil", callback_on_step_end=progress.callback("base")
+    ).images
+    f = base.vae_scale_factor
+    size = (first.shape[-1] * f, first.shape[-2] * f) if latent_space else first[0].size
+    if progress.stopped:  # stopped during the first pass: no second pass
+        if latent_space:
+            first = base.image_processor.postprocess(decode_latents(base.vae, first), output_type="pil")
+        return first, size
+    width, height = hires_size(*size, params.hires_scale)
+    if latent_space:
+        upscaled = upscale_latents(first, (height // f, width // f), upscaler)
+    else:
+        upscaled = upscale_images(first, (width, height), upscaler)
+    total, strength = hires_schedule(params.hires_steps or params.steps, params.denoising_strength)
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
+    images = img2img(
+        **{**common, "num_inference_steps": total, "generator": generators}, image=upscaled, strength=strength,
+        callback_on_step_end=progress.callback("hires"),
+    ).images
+    return images, size
+
+
 def check_sampling_params(params: GenerationParams, *, text2img: bool) -> None:
     """The schedule type, hires fix and variation-seed fields (ValueError naming the field)."""
     find_schedule(params.schedule)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sdxl.hires import check_sampling_params
-from sdxl.params import GenerationParams, find_sampler, find_schedule, find_upscaler, sampler_name
+from sdxl.hires import check_sampling_params, hires_fix, variation_latents
+from sdxl.params import GenerationParams, find_sampler, find_schedule, sampler_name
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +33,7 @@ PIPELINE_CLASSES = {
 REFINER_CLASSES = {TEXT2IMG: IMG2IMG, IMG2IMG: IMG2IMG, INPAINT: INPAINT}
 
 SEED_RANGE = 2**32
+_SEEDS = random.Random()  # its own state: drawing a random seed leaves the global `random` module untouched
 
 
 class Cancelled(Exception):
@@ -69,6 +70,37 @@ class GeneratedImage:
     params: GenerationParams
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """A device by name; "auto" picks CUDA, then MPS, then the CPU. ValueError for a name torch does not know or a
+    GPU that is not there."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"{name!r} is not a device name ({err}); try cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} was asked for, but no CUDA GPU is available here; use cpu")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """A dtype by name ("float32", "float16", "bfloat16"); "auto" is float16 on an accelerator, float32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, not {name!r}")
+    return getattr(torch, name)
+
+
 def mode_of(image: Any, mask: Any) -> str:
     """txt2img without an input image, img2img with one, inpaint with an image and a mask."""
     if mask is not None and image is None:
@@ -79,24 +111,33 @@ def mode_of(image: Any, mask: Any) -> str:
 def resolve_seed(seed: int | None) -> int:
     """A seed of None or -1 means a random one (as A1111); the value used is what the metadata records."""
     if seed is None or seed == -1:
-        return random.randrange(SEED_RANGE)
+        return _SEEDS.randrange(SEED_RANGE)
     if seed < 0:
         raise ValueError(f"seed must be -1 (random) or a non-negative integer, got {seed}")
     return int(seed)
 
 
+class GenerationFailed(RuntimeError):
+    """The run finished but its images are not usable (NaN or all-black decodes)."""
+
+
 class Runner:
     """Runs generations on one device, keeping the last base model and refiner loaded.
 
-    `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars.
+    `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars. `resolve` maps the model
+    names in `GenerationParams` to what is loaded (a folder, a `.safetensors` file, a hub id or a demo alias); by
+    default a name is its own source.
     """
 
-    def __init__(self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True):
+    def __init__(
+        self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True, resolve: Callable[[str], str] = str
+    ):
         import torch
 
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         self.quiet = quiet
+        self.resolve = resolve
         self._base: tuple[str, Any] | None = None
         self._refiner: tuple[str, Any] | None = None
 
@@ -110,7 +151,7 @@ class Runner:
         import sdxl
 
         self.unload()
-        pipe = sdxl.DiffusionPipeline.from_pretrained(model, torch_dtype=self.dtype)
+        pipe = _open(sdxl.DiffusionPipeline, self.resolve(model), torch_dtype=self.dtype)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=self.quiet)
         pipe._sdxl_default_scheduler = pipe.scheduler
@@ -148,8 +189,8 @@ class Runner:
         if self._refiner is None or self._refiner[0] != name:
             self._refiner = None
             # the refiner shares the base's second text encoder and VAE objects: no second copy in memory
-            refiner = cls.from_pretrained(
-                name, text_encoder_2=base.text_encoder_2, vae=base.vae, torch_dtype=self.dtype
+            refiner = _open(
+                cls, self.resolve(name), text_encoder_2=base.text_encoder_2, vae=base.vae, torch_dtype=self.dtype
             )
             refiner.to(self.device)
             refiner._sdxl_default_scheduler = refiner.scheduler
@@ -208,12 +249,13 @@ class Runner:
         subseed = None
         if params.subseed_strength:
             subseed = resolve_seed(params.subseed)
-            kwargs["latents"] = self._variation_latents(base, params, seed, subseed)
+            kwargs["latents"] = variation_latents(base, params, seed, subseed).to(self.device)
 
         progress = _Progress(on_step, params)
         first_size = None
         if params.hires_scale is not None:
-            images, first_size = self._hires(base, params, kwargs, common, seed, progress)
+            i2i = self._task_pipe(base, IMG2IMG)
+            images, first_size = hires_fix(base, i2i, params, kwargs, common, seed, progress)
         elif not params.refiner:
             images = base(**kwargs, callback_on_step_end=progress.callback("base")).images
         else:
@@ -231,6 +273,7 @@ class Runner:
                     # as diffusers' guide: the inpainting refiner takes the base's latents as `image`, and the mask
                     refine.update(mask_image=kwargs["mask_image"], width=params.width, height=params.height)
                 images = refiner(**refine, callback_on_step_end=progress.callback("refiner")).images
+        check_images(images)
         schedule = find_schedule(params.schedule)
         used = replace(params, seed=seed, sampler=sampler, schedule=None if schedule.name == "automatic" else schedule.label)
         if subseed is not None:
@@ -244,53 +287,6 @@ class Runner:
                 one = replace(one, subseed=subseed + i)
             results.append(GeneratedImage(img, one))
         return results
-
-    def _variation_latents(self, pipe: Any, params: GenerationParams, seed: int, subseed: int) -> torch.Tensor:
-        """A1111's variation seeds: image i starts from slerp(strength, noise(seed + i), noise(subseed + i))."""
-        from sdxl.hires import variation_noise
-
-        f = pipe.vae_scale_factor
-        height = params.height or pipe.default_sample_size * f
-        width = params.width or pipe.default_sample_size * f
-        shape = (pipe.unet.config.in_channels, height // f, width // f)
-        n = params.batch_size
-        return variation_noise(
-            shape, [seed + i for i in range(n)], [subseed + i for i in range(n)], params.subseed_strength,
-            pipe.unet.dtype,
-        ).to(self.device)
-
-    def _hires(
-        self, base: Any, params: GenerationParams, kwargs: dict, common: dict, seed: int, progress: _Progress
-    ) -> tuple[list[Image.Image], tuple[int, int]]:
-        """A1111's hires fix: the first pass, an upscale (of its latents, or of its decoded images), then an
-        image-to-image pass of exactly `hires_steps` steps at `denoising_strength` with fresh per-image noise from
-        the same seeds. Returns the images and the first pass's (width, height)."""
-        import torch
-
-        from sdxl.hires import hires_schedule, hires_size, upscale_images, upscale_latents
-
-        upscaler = find_upscaler(params.hires_upscaler)
-        latent_space = upscaler.space == "latent"
-        first = base(
-            **kwargs, output_type="latent" if latent_space else "pil", callback_on_step_end=progress.callback("base")
-        ).images
-        f = base.vae_scale_factor
-        size = (first.shape[-1] * f, first.shape[-2] * f) if latent_space else first[0].size
-        if progress.stopped:  # stopped during the first pass: no second pass
-            return (_decode(base, first) if latent_space else first), size
-        width, height = hires_size(*size, params.hires_scale)
-        if latent_space:
-            upscaled = upscale_latents(first, (height // f, width // f), upscaler)
-        else:
-            upscaled = upscale_images(first, (width, height), upscaler)
-        total, strength = hires_schedule(params.hires_steps or params.steps, params.denoising_strength)
-        i2i = self._task_pipe(base, IMG2IMG)
-        generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
-        images = i2i(
-            **dict(common, num_inference_steps=total, generator=generators), image=upscaled, strength=strength,
-            callback_on_step_end=progress.callback("hires"),
-        ).images
-        return images, size
 
     def _set_sampler(self, pipe: Any, name: str | None, schedule: str | None = None) -> str:
         """Give `pipe` a fresh scheduler from its model's own config (with the sampler's options when `name` is
@@ -308,6 +304,28 @@ class Runner:
         if schedule_type.name != "automatic":
             pipe.scheduler.set_schedule_type(schedule_type.name)
         return sampler_name(pipe.scheduler)
+
+
+def _open(cls: Any, source: str, **kwargs: Any) -> Any:
+    """`cls.from_single_file` for a .safetensors file, `cls.from_pretrained` for anything else."""
+    import os
+
+    if source.endswith(".safetensors") and os.path.isfile(source):
+        return cls.from_single_file(source, **kwargs)
+    return cls.from_pretrained(source, **kwargs)
+
+
+def check_images(images: list[Image.Image]) -> None:
+    """An all-black image is what a NaN decode turns into (the pipelines already retried the VAE in float32):
+    never hand it back as a result."""
+    import numpy as np
+
+    for i, image in enumerate(images):
+        if not np.asarray(image).any():
+            raise GenerationFailed(
+                f"image {i} decoded to all black (NaN or overflow in the VAE, even in float32); try another seed, "
+                "a lower guidance scale, or float32/bfloat16 instead of float16"
+            )
 
 
 def _decode(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
