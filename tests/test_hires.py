@@ -227,3 +227,15 @@ def test_variation_seed_equals_diffusers_with_a1111_noise(runner, ref_pipes, tin
     (full,) = runner.run(params(tiny_base, subseed=40, subseed_strength=1.0))
     (alone,) = runner.run(params(tiny_base, seed=40))
     assert_close(full.image, alone.image)
+
+
+def test_hires_and_variation_requests_never_share_a_batched_call():
+    from sdxl.batching import batch_key
+
+    plain = GenerationParams(PROMPT)
+    assert batch_key(GenerationParams(PROMPT, hires_scale=1.5, denoising_strength=0.5)) is None
+    assert batch_key(GenerationParams(PROMPT, subseed=3, subseed_strength=0.2)) is None
+    assert batch_key(GenerationParams(PROMPT, schedule="Karras")) != batch_key(plain)
+    assert batch_key(GenerationParams(PROMPT, schedule="karras")) == batch_key(
+        GenerationParams(PROMPT, schedule="Karras")
+    )

@@ -46,8 +46,8 @@ class Step:
 
     `step` counts UNet steps done in the whole run (base and refiner), `total` the steps the run will take;
     `latents` are the current (B, C, h, w) latents of the stage `stage` ("base", "refiner" or "hires": the hires
-    fix's second pass), whose pipeline is
-    `pipe` (its VAE decodes them).
+    fix's second pass), whose pipeline is `pipe` (its VAE decodes them); `denoised` is the step's estimate of the
+    finished latents (what a preview should show; the latents themselves where the scheduler gives no estimate).
     """
 
     step: int
@@ -55,6 +55,7 @@ class Step:
     stage: str
     latents: torch.Tensor
     pipe: Any
+    denoised: torch.Tensor | None = None
 
 
 # What a step callback returns: None to go on, "stop" to end denoising here and decode what there is (A1111's
@@ -174,7 +175,8 @@ class Runner:
         """The name of the base model in memory, if any."""
         return self._base[0] if self._base is not None else None
 
-    def _task_pipe(self, base: Any, mode: str) -> Any:
+    def task_pipe(self, base: Any, mode: str) -> Any:
+        """`base`'s pipeline for `mode` (txt2img, img2img, inpaint), on the same modules."""
         import sdxl
 
         cls = getattr(sdxl, PIPELINE_CLASSES[mode])
@@ -221,8 +223,8 @@ class Runner:
         mode = mode_of(image, mask)
         check_params(params, mode)
         seed = resolve_seed(params.seed)
-        base = self._task_pipe(self.load(params.model), mode)
-        sampler = self._set_sampler(base, params.sampler, params.schedule)
+        base = self.task_pipe(self.load(params.model), mode)
+        sampler = self.set_sampler(base, params.sampler, params.schedule)
         # one CPU generator per image: image i of a batch is the image of seed + i alone (diffusers' generator lists)
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
         common = dict(
@@ -251,10 +253,10 @@ class Runner:
             subseed = resolve_seed(params.subseed)
             kwargs["latents"] = variation_latents(base, params, seed, subseed).to(self.device)
 
-        progress = _Progress(on_step, params)
+        progress = Progress(on_step, params)
         first_size = None
         if params.hires_scale is not None:
-            i2i = self._task_pipe(base, IMG2IMG)
+            i2i = self.task_pipe(base, IMG2IMG)
             images, first_size = hires_fix(base, i2i, params, kwargs, common, seed, progress)
         elif not params.refiner:
             images = base(**kwargs, callback_on_step_end=progress.callback("base")).images
@@ -288,7 +290,7 @@ class Runner:
             results.append(GeneratedImage(img, one))
         return results
 
-    def _set_sampler(self, pipe: Any, name: str | None, schedule: str | None = None) -> str:
+    def set_sampler(self, pipe: Any, name: str | None, schedule: str | None = None) -> str:
         """Give `pipe` a fresh scheduler from its model's own config (with the sampler's options when `name` is
         given, and A1111's schedule type `schedule` when not Automatic); return the sampler's name as A1111 writes
         it."""
@@ -363,7 +365,7 @@ def check_params(params: GenerationParams, mode: str) -> None:
                          "of the crop only); drop one of them")
 
 
-class _Progress:
+class Progress:
     """Counts steps across the base and refiner stages and forwards them to the caller's step callback."""
 
     def __init__(self, on_step: StepCallback | None, params: GenerationParams):
@@ -374,6 +376,7 @@ class _Progress:
         self.stopped = False
 
     def callback(self, stage: str) -> Callable[..., dict] | None:
+        """A diffusers-style step-end callback object for one stage (None without a step callback)."""
         if self.on_step is None:
             return None
         offset = None
@@ -392,10 +395,12 @@ class _Progress:
                 else:
                     self.total = max(self.total, offset + stage_steps)
             self.done = offset + i + 1
-            action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe))
+            action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe,
+                                       tensors.get("denoised")))
             if action == "stop":
                 pipe._interrupt = True
                 self.stopped = True
             return {}
 
+        on_step_end.tensor_inputs = ("latents", "denoised")  # read by the pipelines, as diffusers' callback objects
         return on_step_end

@@ -26,8 +26,9 @@ import torch
 
 from sdxl.noise import Generator, randn_tensor
 
-# Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL text2img).
-CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
+# Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL text2img), and
+# "denoised" (ours): the step's estimate of the clean latents, for previews (read-only in effect).
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "denoised")
 
 
 
@@ -146,14 +147,54 @@ def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, gu
 
 
 def classifier_free_guidance(
-    noise_pred: torch.Tensor, guidance_scale: float, guidance_rescale: float = 0.0
+    noise_pred: torch.Tensor, guidance_scale: float | Sequence[float], guidance_rescale: float = 0.0
 ) -> torch.Tensor:
-    """Ho & Salimans 2022: uncond + w * (cond - uncond) on a (2B, ...) prediction stacked [uncond; cond]."""
+    """Ho & Salimans 2022: uncond + w * (cond - uncond) on a (2B, ...) prediction stacked [uncond; cond].
+
+    `guidance_scale` is one number, or one per image (B of them: a batch of different requests); each row is then
+    guided with its own scale by exactly the operations a single scale uses, so its result is the same as alone.
+    """
     noise_uncond, noise_text = noise_pred.chunk(2)
-    guided = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+    if isinstance(guidance_scale, numbers.Real):
+        guided = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+    else:
+        # (1, C, h, w) slices, one per image
+        guided = torch.cat([
+            noise_uncond[i : i + 1] + scale * (noise_text[i : i + 1] - noise_uncond[i : i + 1])
+            for i, scale in enumerate(guidance_scale)
+        ])
     if guidance_rescale > 0.0:
         guided = rescale_noise_cfg(guided, noise_text, guidance_rescale)
     return guided
+
+
+def guidance_per_image(guidance_scale: float | Sequence[float], images: int) -> float | tuple[float, ...]:
+    """A guidance scale for a call: a number as it is, or a sequence with one scale per image (equal scales collapse
+    to one number). Guidance must be on (> 1) for every image or for none: the batch runs one UNet pass shape."""
+    if isinstance(guidance_scale, numbers.Real):
+        return guidance_scale
+    scales = tuple(float(g) for g in guidance_scale)
+    if len(scales) != images:
+        raise ValueError(
+            f"`guidance_scale` has {len(scales)} values, but this call makes {images} images (prompts x "
+            "num_images_per_prompt): pass one number, or one per image."
+        )
+    if len(set(scales)) == 1:
+        return scales[0]
+    if any(g > 1 for g in scales) and not all(g > 1 for g in scales):
+        raise ValueError(
+            f"`guidance_scale` per image {list(scales)} mixes guided (> 1) and unguided (<= 1) images; run them as "
+            "separate calls."
+        )
+    return scales
+
+
+def guidance_enabled(guidance_scale: float | Sequence[float]) -> bool:
+    """Whether classifier-free guidance runs: a scale over 1 (every per-image scale, which guidance_per_image
+    checked)."""
+    if isinstance(guidance_scale, numbers.Real):
+        return guidance_scale > 1
+    return all(g > 1 for g in guidance_scale)
 
 
 def scheduler_step_kwargs(scheduler: Any, generator: Generator, eta: float) -> dict[str, Any]:
@@ -222,10 +263,13 @@ def denoise(
             )[0]
             if do_cfg:
                 noise_pred = classifier_free_guidance(noise_pred, pipe.guidance_scale, pipe.guidance_rescale)
-            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            stepped = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)
+            latents = stepped[0]
             if after_step_hook is not None:
                 latents = after_step_hook(i, t, latents, state)
             state["latents"] = latents
+            # the scheduler's estimate of the clean latents where it gives one (live previews show it)
+            state["denoised"] = stepped[1] if len(stepped) > 1 else latents
 
             if callback_on_step_end is not None:
                 outputs = callback_on_step_end(pipe, i, t, {k: state[k] for k in callback_on_step_end_tensor_inputs})

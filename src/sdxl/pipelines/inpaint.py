@@ -34,7 +34,7 @@ from sdxl.prompts.encode import prompt_batch_size
 
 # Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL inpainting).
 INPAINT_CALLBACK_TENSOR_INPUTS = (
-    "latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "mask", "masked_image_latents",
+    "latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "mask", "masked_image_latents", "denoised",
 )
 
 

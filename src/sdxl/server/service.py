@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from sdxl.batching import batch_key
 from sdxl.params import GenerationParams, find_sampler
 from sdxl.runner import Runner, check_params, mode_of, pick_device, pick_dtype
 from sdxl.server.catalog import ModelCatalog, ModelNotFound, UnsafeModelName
@@ -35,7 +36,9 @@ class Service:
         self.default_model = self.catalog.entries()[0].name
         device = pick_device(config.device)
         self.runner = runner or Runner(device, pick_dtype(config.dtype, device), resolve=self._source)
-        self.worker = Worker(self.store, self.runner, self.data, self.board, preview_every=config.preview_every)
+        self.worker = Worker(self.store, self.runner, self.data, self.board, preview_every=config.preview_every,
+                             preload=self.default_model if config.preload else None,
+                             max_batch=self.limits.max_batch if config.batch_jobs else 1)
         self.requeued, self.failed_on_start = self.store.recover()
 
     def _source(self, name: str) -> str:
@@ -56,8 +59,10 @@ class Service:
         if inputs:
             self.data.save_inputs(job_id, inputs)
         request = {"params": asdict(params), "inputs": sorted(inputs), **(extra or {})}
+        key = batch_key(params) if not inputs else None  # image inputs: never batched
         try:
-            job = self.store.create(api, request, job_id=job_id, max_queued=self.limits.max_queue)
+            job = self.store.create(api, request, job_id=job_id, max_queued=self.limits.max_queue, batch_key=key,
+                                    images=params.batch_size)
         except QueueFull as err:
             self.data.remove_inputs(job_id)
             raise TooMany(str(err), headers={"Retry-After": "5"}) from None
@@ -124,7 +129,10 @@ class Service:
         if job.state in FINISHED:
             raise Conflict(f"job {job_id} has already ended ({job.state}); there is nothing to cancel")
         if not self.store.cancel_if_queued(job_id):
-            self.worker.cancel(job_id)  # it was claimed meanwhile: stop it at its next step
+            self.worker.cancel(job_id)  # running: it stops at its next step
+            if len(self.worker.running) > 1 and job_id in self.worker.running:
+                # part of a batch that runs on for the others: it is cancelled now, its images are dropped
+                self.store.finish(job_id, CANCELLED, error="cancelled while running")
         return self.job(job_id)
 
     def image_path(self, job_id: str, index: int):
