@@ -16,7 +16,7 @@ FORBIDDEN = {"diffusers", "transformers", "compel"}
 ALLOWED = {
     "models": {"models", "noise"},
     "schedulers": {"schedulers", "noise"},
-    "tokenizer": set(),
+    "tokenizer": {"tokenizer"},
     "prompts": {"prompts", "models", "tokenizer"},
     "loading": {"loading", "models", "tokenizer", "schedulers"},
     "pipelines": {"pipelines", "noise", "models", "prompts", "schedulers", "loading", "tokenizer", "image", "runtime", "watermark"},

@@ -15,8 +15,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sdxl.params import GenerationParams
-from sdxl.runner import TEXT2IMG, GeneratedImage, Progress, Runner, StepCallback, check_images, check_params, resolve_seed
+from sdxl.params import GenerationParams, find_schedule
+from sdxl.runner import (
+    TEXT2IMG,
+    GeneratedImage,
+    Progress,
+    Runner,
+    StepCallback,
+    check_images,
+    check_params,
+    resolve_seed,
+)
 
 ONE_WINDOW_BYTES = 75  # 77 tokens minus BOS and EOS; every token covers at least one byte
 
@@ -27,9 +36,12 @@ def batch_key(params: GenerationParams) -> str | None:
     texts = (params.prompt, params.negative_prompt, params.prompt_2 or "")
     if params.refiner or any(len(t.encode("utf-8")) > ONE_WINDOW_BYTES for t in texts):
         return None
+    if params.hires_scale is not None or params.subseed_strength:  # a second pass / own initial noise: alone
+        return None
     return json.dumps([
         params.model, params.width, params.height, params.steps, params.sampler, params.prompt_syntax,
         params.long_prompts, bool(params.negative_prompt), bool(params.prompt_2), params.guidance_scale > 1,
+        find_schedule(params.schedule).name,
     ])
 
 
@@ -50,7 +62,9 @@ def run_batch(
         return [runner.run(first, on_step=on_step)]
     seeds = [resolve_seed(p.seed) for p in requests]
     pipe = runner.task_pipe(runner.load(first.model), TEXT2IMG)
-    sampler = runner.set_sampler(pipe, first.sampler)
+    sampler = runner.set_sampler(pipe, first.sampler, first.schedule)
+    schedule = find_schedule(first.schedule)
+    schedule = None if schedule.name == "automatic" else schedule.label
     # one row per image: (request index, its params, its seed)
     rows = [(n, p, seed + i) for n, (p, seed) in enumerate(zip(requests, seeds)) for i in range(p.batch_size)]
     call: dict[str, Any] = dict(
@@ -71,6 +85,7 @@ def run_batch(
     check_images(images)
     out: list[list[GeneratedImage]] = [[] for _ in requests]
     for image, (n, params, seed) in zip(images, rows):
-        used = replace(params, seed=seed, sampler=sampler, width=image.width, height=image.height, batch_size=1)
+        used = replace(params, seed=seed, sampler=sampler, schedule=schedule, width=image.width, height=image.height,
+                       batch_size=1)
         out[n].append(GeneratedImage(image, used))
     return out

@@ -73,16 +73,18 @@ def retrieve_timesteps(
     sigmas: list[float] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Call `scheduler.set_timesteps` with a step count, custom timesteps or custom sigmas; return
-    (scheduler.timesteps, number of steps)."""
+    (scheduler.timesteps, number of steps) as diffusers' `retrieve_timesteps` does, with its errors for a
+    scheduler that takes no custom schedule of that kind."""
     if timesteps is not None and sigmas is not None:
-        raise ValueError("Pass either custom `timesteps` or custom `sigmas`, not both.")
+        raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values")
     custom = {"timesteps": timesteps} if timesteps is not None else {"sigmas": sigmas} if sigmas is not None else {}
     if custom:
         (name,) = custom
-        if name not in inspect.signature(scheduler.set_timesteps).parameters:
+        if not takes_custom_schedule(scheduler, name):
+            kind = "timestep" if name == "timesteps" else "sigmas"
             raise ValueError(
-                f"{type(scheduler).__name__}.set_timesteps does not take custom `{name}`: use a scheduler that "
-                "does, or pass `num_inference_steps`."
+                f"The current scheduler class {scheduler.__class__}'s `set_timesteps` does not support custom {kind} "
+                "schedules. Please check whether you are using the correct scheduler."
             )
         scheduler.set_timesteps(device=device, **custom)
         return scheduler.timesteps, len(scheduler.timesteps)
@@ -90,6 +92,16 @@ def retrieve_timesteps(
         raise ValueError(f"`num_inference_steps` must be a positive integer, but got {num_inference_steps!r}.")
     scheduler.set_timesteps(int(num_inference_steps), device=device)
     return scheduler.timesteps, num_inference_steps
+
+
+def takes_custom_schedule(scheduler: Any, name: str) -> bool:
+    """Whether `scheduler.set_timesteps` takes custom `name` ("timesteps" or "sigmas"): our schedulers say so in
+    `supports_custom_<name>` (True where diffusers' class takes them for an SDXL config: UniPC's `sigmas` serve only
+    flow-matching configs); other schedulers by their signature."""
+    flag = getattr(type(scheduler), f"supports_custom_{name}", None)
+    if flag is not None:
+        return bool(flag)
+    return name in inspect.signature(scheduler.set_timesteps).parameters
 
 
 def is_positive_int(value: Any) -> bool:
