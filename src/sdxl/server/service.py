@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from sdxl.batching import batch_key
-from sdxl.params import GenerationParams, find_sampler
+from sdxl.params import SAMPLERS, GenerationParams, find_sampler, find_schedule
 from sdxl.runner import Runner, check_params, mode_of, pick_device, pick_dtype
 from sdxl.server.catalog import ModelCatalog, ModelNotFound, UnsafeModelName
 from sdxl.server.config import ServerConfig
@@ -77,10 +77,14 @@ class Service:
             check_params(params, mode)
         except ValueError as err:
             raise Invalid(str(err)) from None
+        scale = params.hires_scale or 1.0
         for name, bound in (("width", limits.max_width), ("height", limits.max_height)):
             value = getattr(params, name)
             if value is not None and value > bound:
                 raise Invalid(f"{name} {value} is over this server's limit of {bound} pixels")
+            if value is not None and int(value * scale) > bound:
+                raise Invalid(f"the hires fix makes the {name} {int(value * scale)} pixels, over this server's limit "
+                              f"of {bound}; lower hires_scale or the size")
         if params.steps > limits.max_steps:
             raise Invalid(f"steps {params.steps} is over this server's limit of {limits.max_steps}")
         if params.batch_size > limits.max_batch:
@@ -93,9 +97,11 @@ class Service:
             raise Invalid(f"prompt_syntax must be one of {list(PROMPT_SYNTAXES)}, not {params.prompt_syntax!r}")
         if params.sampler:
             try:
-                find_sampler(params.sampler)
+                sampler = find_sampler(params.sampler)
             except ValueError as err:
                 raise Invalid(str(err)) from None
+            if find_schedule(params.schedule).name != "automatic" and not sampler_takes_schedules(sampler):
+                raise no_schedule_for(sampler)
         self.check_model(params.model)
         if params.refiner:
             self.check_model(params.refiner, what="refiner")
@@ -150,7 +156,7 @@ class Service:
         step, total = (live.step, live.total) if live is not None else (job.step, job.total)
         images = [
             {"index": i, "url": f"/v1/jobs/{job.id}/images/{i}", "seed": info.get("seed"),
-             "width": info.get("width"), "height": info.get("height"), "infotext": info.get("infotext")}
+             "width": info["image_size"][0], "height": info["image_size"][1], "infotext": info.get("infotext")}
             for i, info in enumerate(job.result.get("images", []))
         ]
         return {
@@ -172,3 +178,16 @@ class Service:
             "images": images,
             "preview_url": f"/v1/jobs/{job.id}/preview" if live is not None and live.preview else None,
         }
+
+
+def sampler_takes_schedules(sampler) -> bool:
+    """Whether a sampler's scheduler class takes A1111's schedule types (the k-diffusion samplers)."""
+    import sdxl
+
+    return getattr(sdxl, sampler.scheduler).supports_schedule_types
+
+
+def no_schedule_for(sampler) -> Invalid:
+    """The error for a schedule type on a sampler that takes none, naming those that do."""
+    able = ", ".join(s.name for s in SAMPLERS.values() if sampler_takes_schedules(s))
+    return Invalid(f"the sampler {sampler.name!r} takes no schedule type (only Automatic); these do: {able}")

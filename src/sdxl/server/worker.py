@@ -241,7 +241,9 @@ class Worker:
         images = []
         for i, result in enumerate(results):
             save_png(result.image, self.data.image(job_id, i), result.params)
-            images.append({**asdict(result.params), "infotext": format_parameters(result.params)})
+            # the image's own size: with the hires fix the parameters keep the first pass's, as A1111 records them
+            images.append({**asdict(result.params), "infotext": format_parameters(result.params),
+                           "image_size": list(result.image.size)})
         return {"images": images}
 
 
