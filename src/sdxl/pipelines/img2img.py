@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sdxl.models.lora import check_cross_attention_kwargs
 from sdxl.pipelines.denoise import (
     check_denoising_fraction,
     denoise,
@@ -153,6 +154,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         prompt_syntax: str | None = None,
         long_prompts: bool = False,
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
         """Transform `image` guided by the prompt; arguments, defaults and results as diffusers'
         `StableDiffusionXLImg2ImgPipeline`.
@@ -199,6 +201,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
             negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
             pooled_prompt_embeds, negative_pooled_prompt_embeds, clip_skip=clip_skip,
             prompt_syntax=prompt_syntax, long_prompts=long_prompts,
+            lora_scale=check_cross_attention_kwargs(cross_attention_kwargs),
         )
         dtype = prompt_embeds.dtype
 
@@ -247,6 +250,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
             progress_total=num_inference_steps,
             step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
             callback_on_step_end=callback_on_step_end,
+            cross_attention_kwargs=cross_attention_kwargs,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             begin_index=begin_index,
         )

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from sdxl.image import VaeImageProcessor, mask_latents, masked_image, spatial_size
+from sdxl.models.lora import check_cross_attention_kwargs
 from sdxl.noise import randn_tensor
 from sdxl.pipelines.denoise import (
     check_denoising_fraction,
@@ -319,6 +320,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         prompt_syntax: str | None = None,
         long_prompts: bool = False,
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
         """Inpaint `image` where `mask_image` is white; arguments, defaults and results as diffusers'
         `StableDiffusionXLInpaintPipeline`.
@@ -385,6 +387,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
             negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
             pooled_prompt_embeds, negative_pooled_prompt_embeds, clip_skip=clip_skip,
             prompt_syntax=prompt_syntax, long_prompts=long_prompts,
+            lora_scale=check_cross_attention_kwargs(cross_attention_kwargs),
         )
         dtype = prompt_embeds.dtype
 
@@ -452,6 +455,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
             progress_total=num_inference_steps,
             step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
             callback_on_step_end=callback_on_step_end,
+            cross_attention_kwargs=cross_attention_kwargs,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             model_input_hook=model_input_hook,
             after_step_hook=after_step_hook,
