@@ -89,12 +89,13 @@ class Runner:
     `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars.
     """
 
-    def __init__(self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True):
+    def __init__(self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True, lora_dir: Any = None):
         import torch
 
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         self.quiet = quiet
+        self.lora_dir = lora_dir  # where LoRA names (<lora:NAME:W> tags, params.loras) are looked up
         self._base: tuple[str, Any] | None = None
         self._refiner: tuple[str, Any] | None = None
 
@@ -180,9 +181,10 @@ class Runner:
         seed = resolve_seed(params.seed)
         base = self._task_pipe(self.load(params.model), mode)
         sampler = self._set_sampler(base, params.sampler)
+        prompt, lora_hashes = self._apply_loras(base, params)
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
         common = dict(
-            prompt=params.prompt,
+            prompt=prompt,
             prompt_2=params.prompt_2 or None,
             negative_prompt=params.negative_prompt or None,
             num_inference_steps=params.steps,
@@ -220,11 +222,36 @@ class Runner:
                     # as diffusers' guide: the inpainting refiner takes the base's latents as `image`, and the mask
                     refine.update(mask_image=kwargs["mask_image"], width=params.width, height=params.height)
                 images = refiner(**refine, callback_on_step_end=progress.callback("refiner")).images
-        used = replace(params, seed=seed, sampler=sampler)
+        used = replace(params, seed=seed, sampler=sampler, lora_hashes=lora_hashes)
         return [
             GeneratedImage(img, replace(used, seed=seed + i, width=img.width, height=img.height, batch_size=1))
             for i, img in enumerate(images)
         ]
+
+    def _apply_loras(self, pipe: Any, params: GenerationParams) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """Activate the LoRAs of `params.loras` and of the prompt's `<lora:NAME:WEIGHT>` tags (with the "a1111"
+        syntax) on the base pipeline, each file loaded once as an adapter named by its file stem; no LoRA at all
+        when there are none. Returns the prompt without its tags and the (name, A1111 hash) of each LoRA used."""
+        from sdxl.loading.lora_files import a1111_lora_hash, find_lora
+        from sdxl.prompts.lora_tags import extract_lora_tags, merge_lora_choices
+
+        prompt, tags = params.prompt, []
+        if params.prompt_syntax == "a1111":
+            prompt, tags = extract_lora_tags(params.prompt)
+        chosen = merge_lora_choices(list(params.loras), tags)
+        loaded = pipe.get_list_adapters()
+        names, weights, hashes = [], [], []
+        for name, weight in chosen:
+            path = find_lora(name, self.lora_dir)
+            adapter = path.stem
+            if not any(adapter in v for v in loaded.values()):
+                pipe.load_lora_weights(path, adapter_name=adapter)
+            names.append(adapter)
+            weights.append(float(weight))
+            hashes.append((adapter, a1111_lora_hash(path)))
+        if names or loaded:
+            pipe.set_adapters(names, weights)
+        return prompt, tuple(hashes)
 
     def _set_sampler(self, pipe: Any, name: str | None) -> str:
         """Give `pipe` a fresh scheduler from its model's own config (with the sampler's options when `name` is

@@ -31,6 +31,7 @@ from sdxl.pipelines.img2img_common import (
     img2img_timesteps,
     prepare_img2img_latents,
 )
+from sdxl.pipelines.lora import with_prompt_loras
 from sdxl.pipelines.text2img import StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
 from sdxl.prompts.encode import prompt_batch_size
 
@@ -116,6 +117,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
     # ---- the call ---------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @with_prompt_loras
     def __call__(
         self,
         prompt: str | list[str] | None = None,

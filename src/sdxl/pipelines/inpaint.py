@@ -35,6 +35,7 @@ from sdxl.pipelines.img2img_common import (
     img2img_timesteps,
     repeat_to_batch,
 )
+from sdxl.pipelines.lora import with_prompt_loras
 from sdxl.pipelines.text2img import StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
 from sdxl.prompts.encode import prompt_batch_size
 
@@ -277,6 +278,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
     # ---- the call ---------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @with_prompt_loras
     def __call__(
         self,
         prompt: str | list[str] | None = None,

@@ -7,15 +7,18 @@ the only active one of each component it touches; `set_adapters` chooses the act
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sdxl.models import lora as layers
+from sdxl.prompts.lora_tags import extract_lora_tags, merge_lora_choices
 
 LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
@@ -203,3 +206,55 @@ class LoraLoaderMixin:
         for model in self._lora_models(components).values():
             stack.enter_context(layers.call_scale(model, scale))
         return stack
+
+    @contextmanager
+    def prompt_adapters(self, choices: list[tuple[str, float]]) -> Iterator[None]:
+        """Make exactly the loaded adapters `choices` [(name, weight)] active for the duration of the block, then put
+        back what was active before (the `<lora:NAME:WEIGHT>` prompt tags)."""
+        registry = self._lora_registry()
+        missing = [name for name, _ in choices if name not in registry]
+        if missing:
+            raise ValueError(
+                f"the prompt asks for LoRA {missing} (<lora:NAME:WEIGHT>), which is not loaded; loaded: "
+                f"{list(registry)}. Load it first with pipe.load_lora_weights(FILE, adapter_name=NAME)."
+            )
+        saved = [(layer, dict(layer.lora_active)) for model in self._lora_models().values()
+                 for layer in layers.adapted_layers(model)]
+        self.set_adapters([n for n, _ in choices], [w for _, w in choices])
+        try:
+            yield
+        finally:
+            for layer, active in saved:
+                layer.lora_active = active
+
+
+PROMPT_ARGUMENTS = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
+
+
+def with_prompt_loras(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a pipeline's `__call__`: with `prompt_syntax="a1111"`, `<lora:NAME:WEIGHT>` tags in the prompts are taken
+    out of the text and make the loaded adapters NAME active at WEIGHT for that call (tags of every prompt of a batch
+    apply to the whole batch)."""
+    signature = inspect.signature(call)
+
+    @functools.wraps(call)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs)
+        if bound.arguments.get("prompt_syntax") != "a1111":
+            return call(self, *args, **kwargs)
+        found: list[tuple[str, float]] = []
+        for key in PROMPT_ARGUMENTS:
+            value = bound.arguments.get(key)
+            if isinstance(value, str):
+                bound.arguments[key], tags = extract_lora_tags(value)
+                found += tags
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                cleaned = [extract_lora_tags(v) for v in value]
+                bound.arguments[key] = [text for text, _ in cleaned]
+                found += [tag for _, tags in cleaned for tag in tags]
+        if not found:
+            return call(*bound.args, **bound.kwargs)
+        with self.prompt_adapters(merge_lora_choices(found)):
+            return call(*bound.args, **bound.kwargs)
+
+    return wrapper

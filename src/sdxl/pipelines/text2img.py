@@ -27,7 +27,7 @@ from sdxl.pipelines.denoise import (
     scheduler_step_kwargs,
     steps_before_denoising_end,
 )
-from sdxl.pipelines.lora import LoraLoaderMixin
+from sdxl.pipelines.lora import LoraLoaderMixin, with_prompt_loras
 from sdxl.prompts.embeddings import add_textual_inversion
 from sdxl.prompts.encode import check_prompt_inputs, encode_prompt, prompt_batch_size
 from sdxl.prompts.micro import base_time_ids, time_ids_tensor
@@ -281,6 +281,7 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
     # ---- the call ---------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @with_prompt_loras
     def __call__(
         self,
         prompt: str | list[str] | None = None,
