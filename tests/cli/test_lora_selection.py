@@ -21,7 +21,7 @@ from sdxl.prompts.lora_tags import extract_lora_tags
 from sdxl.runner import Runner
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-import lora_files  # noqa: E402
+import lora_files
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from sdxl.models.vae import AutoencoderKL
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # one thread: the model is tiny (per-op overhead bound), and results then do not depend on the core count
+    torch.set_num_threads(1)
     vae = AutoencoderKL.from_pretrained(_teacher_folder(args.teacher), subfolder="vae").eval().requires_grad_(False)
     settings = TinySettings(steps=args.steps)
     start = time.perf_counter()
