@@ -170,6 +170,58 @@ class AutoencoderTiny(ConfiguredModel):
         self.config = config
         self.encoder = EncoderTiny(config)
         self.decoder = DecoderTiny(config)
+        # memory options, diffusers' attributes and defaults (its scale is 2**out_channels: 8 for RGB)
+        self.use_slicing = False
+        self.use_tiling = False
+        self.spatial_scale_factor = 2**config.out_channels
+        self.tile_overlap_factor = 0.125
+        self.tile_sample_min_size = 512
+        self.tile_latent_min_size = self.tile_sample_min_size // self.spatial_scale_factor
+
+    def enable_slicing(self) -> None:
+        """Encode/decode one batch item at a time."""
+        self.use_slicing = True
+
+    def disable_slicing(self) -> None:
+        self.use_slicing = False
+
+    def enable_tiling(self, use_tiling: bool = True) -> None:
+        """Encode/decode in overlapping tiles of `tile_sample_min_size` pixels, blended linearly across the seams."""
+        self.use_tiling = use_tiling
+
+    def disable_tiling(self) -> None:
+        self.enable_tiling(False)
+
+    def _tiled(self, x: torch.Tensor, run: nn.Module, tile: int, scale: float, channels: int) -> torch.Tensor:
+        """Run `run` over tiles of `tile` input pixels; the output is `scale` times the input's size. Each tile is
+        blended over what earlier tiles wrote, with ramps over the overlap (none on the first row/column)."""
+        blend = int(tile * self.tile_overlap_factor)
+        step = tile - blend
+        out_tile, out_blend = int(tile * scale), int(blend * scale)
+        ramp = (torch.arange(out_tile) / (out_blend - 1)).clamp(0, 1).to(x.device)  # (out_tile,)
+        out = torch.zeros(x.shape[0], channels, int(x.shape[-2] * scale), int(x.shape[-1] * scale), device=x.device)
+        for i in range(0, x.shape[-2], step):
+            for j in range(0, x.shape[-1], step):
+                piece = run(x[..., i : i + tile, j : j + tile])
+                h, w = piece.shape[-2:]
+                target = out[..., int(i * scale) : int(i * scale) + h, int(j * scale) : int(j * scale) + w]
+                rows = torch.ones_like(ramp) if i == 0 else ramp
+                cols = torch.ones_like(ramp) if j == 0 else ramp
+                mask = (rows[:, None] * cols[None, :])[:h, :w]  # (h, w)
+                target.copy_(mask * piece + (1 - mask) * target)
+        return out
+
+    def _run(self, x: torch.Tensor, encode: bool) -> torch.Tensor:
+        sf = self.spatial_scale_factor
+        if encode:
+            one = (lambda t: self._tiled(t, self.encoder, self.tile_sample_min_size, 1 / sf,
+                                         self.config.latent_channels)) if self.use_tiling else self.encoder
+        else:
+            one = (lambda t: self._tiled(t, self.decoder, self.tile_latent_min_size, sf,
+                                         self.config.out_channels)) if self.use_tiling else self.decoder
+        if self.use_slicing and x.shape[0] > 1:
+            return torch.cat([one(row) for row in x.split(1)])
+        return one(x)
 
     def scale_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Raw latents -> [0, 1]."""
@@ -181,19 +233,19 @@ class AutoencoderTiny(ConfiguredModel):
 
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderTinyOutput | tuple[torch.Tensor]:
         """Images (B, 3, H, W) in [-1, 1] -> `.latents` (B, C, H/8, W/8)."""
-        latents = self.encoder(x)
+        latents = self._run(x, encode=True)
         return AutoencoderTinyOutput(latents=latents) if return_dict else (latents,)
 
     def decode(
         self, z: torch.Tensor, generator: torch.Generator | None = None, return_dict: bool = True
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Latents (B, C, h, w) -> `.sample` images (B, 3, 8h, 8w) in about [-1, 1]."""
-        image = self.decoder(z)
+        image = self._run(z, encode=False)
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     def forward(self, sample: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple[torch.Tensor]:
         """Encode, pack the latents to 8 bits and back, decode (diffusers' forward)."""
-        latents = self.encoder(sample)
+        latents = self.encode(sample).latents
         packed = self.scale_latents(latents).mul_(255).round_().byte()
-        image = self.decoder(self.unscale_latents(packed / 255.0))
+        image = self.decode(self.unscale_latents(packed / 255.0)).sample
         return DecoderOutput(sample=image) if return_dict else (image,)
