@@ -81,3 +81,6 @@ def test_no_tiny_vae_beside_a_plain_folder(tmp_path):
     assert find_tiny_vae(tmp_path) is None
     assert find_tiny_vae(None) is None
     assert find_tiny_vae("demo") is not None
+    from sdxl.loading.hub import demo_folder
+
+    assert find_tiny_vae(demo_folder("demo-refiner")) == find_tiny_vae("demo")

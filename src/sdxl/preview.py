@@ -64,10 +64,11 @@ def find_tiny_vae(model: str | os.PathLike | None) -> Path | None:
 
     if model is None:
         return None
-    if str(model) in DEMO_MODELS:
-        folder = DEMO_ROOT / "vae_tiny"
+    path = Path(model).expanduser()
+    if str(model) in DEMO_MODELS or (path.is_dir() and path.resolve().parent == DEMO_ROOT.resolve()):
+        folder = DEMO_ROOT / "vae_tiny"  # the demo base and refiner share one latent space
     else:
-        folder = Path(model).expanduser() / "vae_tiny"
+        folder = path / "vae_tiny"
     return folder if (folder / "config.json").is_file() else None
 
 

@@ -32,6 +32,7 @@ PIPELINE_CLASSES = {
 REFINER_CLASSES = {TEXT2IMG: IMG2IMG, IMG2IMG: IMG2IMG, INPAINT: INPAINT}
 
 SEED_RANGE = 2**32
+_SEEDS = random.Random()  # its own state: drawing a random seed leaves the global `random` module untouched
 
 
 class Cancelled(Exception):
@@ -67,6 +68,37 @@ class GeneratedImage:
     params: GenerationParams
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """A device by name; "auto" picks CUDA, then MPS, then the CPU. ValueError for a name torch does not know or a
+    GPU that is not there."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"{name!r} is not a device name ({err}); try cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} was asked for, but no CUDA GPU is available here; use cpu")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """A dtype by name ("float32", "float16", "bfloat16"); "auto" is float16 on an accelerator, float32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, not {name!r}")
+    return getattr(torch, name)
+
+
 def mode_of(image: Any, mask: Any) -> str:
     """txt2img without an input image, img2img with one, inpaint with an image and a mask."""
     if mask is not None and image is None:
@@ -77,24 +109,34 @@ def mode_of(image: Any, mask: Any) -> str:
 def resolve_seed(seed: int | None) -> int:
     """A seed of None or -1 means a random one (as A1111); the value used is what the metadata records."""
     if seed is None or seed == -1:
-        return random.randrange(SEED_RANGE)
+        return _SEEDS.randrange(SEED_RANGE)
     if seed < 0:
         raise ValueError(f"seed must be -1 (random) or a non-negative integer, got {seed}")
     return int(seed)
 
 
+class GenerationFailed(RuntimeError):
+    """The run finished but its images are not usable (NaN or all-black decodes)."""
+
+
 class Runner:
     """Runs generations on one device, keeping the last base model and refiner loaded.
 
-    `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars.
+    `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars. `resolve` maps the model
+    names in `GenerationParams` to what is loaded (a folder, a `.safetensors` file, a hub id or a demo alias); by
+    default a name is its own source.
     """
 
-    def __init__(self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True, lora_dir: Any = None):
+    def __init__(
+        self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True, resolve: Callable[[str], str] = str,
+        lora_dir: Any = None,
+    ):
         import torch
 
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         self.quiet = quiet
+        self.resolve = resolve
         self.lora_dir = lora_dir  # where LoRA names (<lora:NAME:W> tags, params.loras) are looked up
         self._base: tuple[str, Any] | None = None
         self._refiner: tuple[str, Any] | None = None
@@ -109,7 +151,7 @@ class Runner:
         import sdxl
 
         self.unload()
-        pipe = sdxl.DiffusionPipeline.from_pretrained(model, torch_dtype=self.dtype)
+        pipe = _open(sdxl.DiffusionPipeline, self.resolve(model), torch_dtype=self.dtype)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=self.quiet)
         pipe._sdxl_default_scheduler = pipe.scheduler
@@ -147,8 +189,8 @@ class Runner:
         if self._refiner is None or self._refiner[0] != name:
             self._refiner = None
             # the refiner shares the base's second text encoder and VAE objects: no second copy in memory
-            refiner = cls.from_pretrained(
-                name, text_encoder_2=base.text_encoder_2, vae=base.vae, torch_dtype=self.dtype
+            refiner = _open(
+                cls, self.resolve(name), text_encoder_2=base.text_encoder_2, vae=base.vae, torch_dtype=self.dtype
             )
             refiner.to(self.device)
             refiner._sdxl_default_scheduler = refiner.scheduler
@@ -222,6 +264,7 @@ class Runner:
                     # as diffusers' guide: the inpainting refiner takes the base's latents as `image`, and the mask
                     refine.update(mask_image=kwargs["mask_image"], width=params.width, height=params.height)
                 images = refiner(**refine, callback_on_step_end=progress.callback("refiner")).images
+        check_images(images)
         used = replace(params, seed=seed, sampler=sampler, lora_hashes=lora_hashes)
         return [
             GeneratedImage(img, replace(used, seed=seed + i, width=img.width, height=img.height, batch_size=1))
@@ -265,6 +308,28 @@ class Runner:
         else:
             pipe.scheduler = type(default).from_config(default.config)
         return sampler_name(pipe.scheduler)
+
+
+def _open(cls: Any, source: str, **kwargs: Any) -> Any:
+    """`cls.from_single_file` for a .safetensors file, `cls.from_pretrained` for anything else."""
+    import os
+
+    if source.endswith(".safetensors") and os.path.isfile(source):
+        return cls.from_single_file(source, **kwargs)
+    return cls.from_pretrained(source, **kwargs)
+
+
+def check_images(images: list[Image.Image]) -> None:
+    """An all-black image is what a NaN decode turns into (the pipelines already retried the VAE in float32):
+    never hand it back as a result."""
+    import numpy as np
+
+    for i, image in enumerate(images):
+        if not np.asarray(image).any():
+            raise GenerationFailed(
+                f"image {i} decoded to all black (NaN or overflow in the VAE, even in float32); try another seed, "
+                "a lower guidance scale, or float32/bfloat16 instead of float16"
+            )
 
 
 def _decode(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:

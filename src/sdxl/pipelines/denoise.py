@@ -229,7 +229,8 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """Latents (B, 4, h, w) -> image (B, 3, h * f, w * f) in about [-1, 1].
 
     Undoes the VAE scaling (and `latents_mean`/`latents_std` when the config has them). An fp16 VAE whose config
-    says `force_upcast` decodes in fp32 (the SDXL VAE overflows in fp16) and is cast back afterwards.
+    says `force_upcast` decodes in fp32 (the SDXL VAE overflows in fp16) and is cast back afterwards; a half-precision
+    decode that still gives NaN/Inf is redone in float32.
     """
     needs_upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     if needs_upcast:
@@ -249,7 +250,21 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     finally:
         if needs_upcast:
             _cast_weights(vae, torch.float16)
+    if vae.dtype != torch.float32 and not bool(torch.isfinite(image).all()):
+        # NaN/Inf from a half-precision VAE (the SDXL VAE overflows in fp16): decode once more in float32 rather than
+        # return black images (diffusers returns them as they are)
+        image = _decode_in_float32(vae, latents)
     return image
+
+
+def _decode_in_float32(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Decode with the VAE cast to float32 for this call only; the result is in the VAE's own dtype again."""
+    dtype = vae.dtype
+    _cast_weights(vae, torch.float32)
+    try:
+        return vae.decode(latents.float()).sample.to(dtype)
+    finally:
+        _cast_weights(vae, dtype)
 
 
 def _cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
