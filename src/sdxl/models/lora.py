@@ -5,8 +5,8 @@ An adapted layer stays the same object: its class is switched to `LoraLinear` / 
 still hold. The adapters hang off it in `lora_adapters`, an `nn.ModuleDict` of non-persistent buffers: `.to()` moves
 them, `state_dict()` never shows them, and `remove_adapters` switches the class back.
 
-Unfused, a LoRA adds `up(down(x)) * scale` to the layer's output (two small matmuls, no weight copy; LoHa and LoKr
-build their weight delta on the fly). Fused, the active adapters' delta is added to the weight in place; a CPU copy
+Unfused, a LoRA adds `up(down(x)) * scale` to the layer's output in place (a small matmul and an addmm, no weight
+copy; LoHa and LoKr build their weight delta on the fly). Fused, the active adapters' delta is added to the weight in place; a CPU copy
 of the original weight is kept so that unfusing restores the exact original bytes (what subtracting the delta back,
 as peft does, cannot promise in floating point).
 
@@ -93,18 +93,22 @@ class Adapter(nn.Module):
             return torch.einsum("ijkl,jr,ip->prkl", core, b, a)
         return a @ b
 
-    def forward(self, x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-        """The adapter's output for input x of `layer` (scaled by alpha/rank only)."""
+    def add_to(self, out: torch.Tensor, x: torch.Tensor, layer: nn.Module, multiplier: float) -> torch.Tensor:
+        """`out` (the layer's output for input x) plus this adapter's output times `multiplier` (alpha/rank
+        included). A linear LoRA adds in place with one addmm: no temporary of the output's size."""
+        factor = multiplier * self.scale
         if self.kind == LORA:
             down, up = self._get("down"), self._get("up")
             if isinstance(layer, nn.Conv2d):
                 h = F.conv2d(x, down, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-                return F.conv2d(h, up) * self.scale
-            return F.linear(F.linear(x, down), up) * self.scale
-        delta = self.delta_weight(layer.weight.shape)
+                return out.add_(F.conv2d(h, up), alpha=factor)
+            h = F.linear(x, down)  # (..., rank)
+            out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t(), alpha=factor)
+            return out
+        delta = self.delta_weight(layer.weight.shape) * multiplier
         if isinstance(layer, nn.Conv2d):
-            return F.conv2d(x, delta, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-        return F.linear(x, delta)
+            return out.add_(F.conv2d(x, delta, None, layer.stride, layer.padding, layer.dilation, layer.groups))
+        return out.add_(F.linear(x, delta))
 
 
 class AdaptedLayer:
@@ -125,14 +129,13 @@ class AdaptedLayer:
         self.lora_fused = ()
         self.lora_original = None
 
-    def lora_delta(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Sum of the active, unfused adapters' outputs, or None when there is nothing to add."""
-        if not self.lora_enabled or self.lora_fused:
-            return None
-        out = None
+    def add_lora(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The base output `out` plus the active, unfused adapters' outputs (in place)."""
+        if not self.lora_enabled or self.lora_fused or not self.lora_active:
+            return out
+        x = x.to(self.weight.dtype)
         for name, weight in self.lora_active.items():
-            term = self.lora_adapters[name](x.to(self.weight.dtype), self) * (weight * self.lora_call_scale)
-            out = term if out is None else out + term
+            out = self.lora_adapters[name].add_to(out, x, self, weight * self.lora_call_scale)
         return out
 
     def fuse(self, scale: float = 1.0, chosen: dict[str, float] | None = None) -> None:
@@ -164,18 +167,14 @@ class LoraLinear(nn.Linear, AdaptedLayer):
     """An nn.Linear carrying low-rank adapters (made by `add_adapter`, never constructed directly)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
-        delta = self.lora_delta(x)
-        return out if delta is None else out + delta.to(out.dtype)
+        return self.add_lora(F.linear(x, self.weight, self.bias), x)
 
 
 class LoraConv2d(nn.Conv2d, AdaptedLayer):
     """An nn.Conv2d carrying low-rank adapters (made by `add_adapter`, never constructed directly)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._conv_forward(x, self.weight, self.bias)
-        delta = self.lora_delta(x)
-        return out if delta is None else out + delta.to(out.dtype)
+        return self.add_lora(self._conv_forward(x, self.weight, self.bias), x)
 
 
 _ADAPTED = {nn.Linear: LoraLinear, nn.Conv2d: LoraConv2d}
@@ -202,6 +201,23 @@ def check_shapes(layer: nn.Module, weights: AdapterWeights, where: str) -> None:
             f"{where}: the {weights.kind} tensors {shapes} do not fit the layer's weight {list(layer.weight.shape)}; "
             "the file was made for another model (SD 1.5 vs SDXL, base vs refiner)."
         )
+
+
+def cast_batched(tensors: list[torch.Tensor], like: torch.Tensor) -> list[torch.Tensor]:
+    """`tensors` in `like`'s dtype and device, converted with one op per source dtype (hundreds of small per-tensor
+    conversions cost several times more); the results are views of one buffer."""
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t.dtype == like.dtype and t.device == like.device:
+            out[i] = t
+        else:
+            groups.setdefault(t.dtype, []).append(i)
+    for indices in groups.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in indices]).to(device=like.device, dtype=like.dtype)
+        for i, part in zip(indices, flat.split([tensors[i].numel() for i in indices])):
+            out[i] = part.view(tensors[i].shape)
+    return out  # type: ignore[return-value]
 
 
 def add_adapter(layer: nn.Module, name: str, weights: AdapterWeights) -> None:

@@ -29,8 +29,10 @@ def read_lora(source: Any, weight_name: str | None = None) -> tuple[dict[str, to
 
     Only safetensors are read: a pickle (.bin/.pt/.ckpt) is refused by its content, whatever its name.
     """
+    from safetensors import safe_open
+
     from sdxl.loading.hub import looks_like_hub_id, resolve_single_file
-    from sdxl.loading.weights import load_file, read_header
+    from sdxl.loading.weights import load_file
 
     if isinstance(source, Mapping):
         return dict(source), {}
@@ -44,8 +46,10 @@ def read_lora(source: Any, weight_name: str | None = None) -> tuple[dict[str, to
         path = resolve_single_file(source)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file {path} does not exist.")
-    _, metadata = read_header(path)
-    return load_file(path), metadata
+    sd = load_file(path)  # validates the header and refuses pickles first
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    return sd, metadata
 
 
 def _weights_for(component: str, weight: Any) -> float:
@@ -106,6 +110,10 @@ class LoraLoaderMixin:
                 layers.check_shapes(named[path], weights, f"LoRA {component}.{path}")
         for component, entries in found.items():
             named = dict(models[component].named_modules())
+            like = next(iter(named[p] for p in entries)).weight
+            flat = [(w, key) for w in entries.values() for key in w.tensors]
+            for (w, key), tensor in zip(flat, layers.cast_batched([w.tensors[k] for w, k in flat], like)):
+                w.tensors[key] = tensor
             for path, weights in entries.items():
                 layers.add_adapter(named[path], name, weights)
             layers.set_active(models[component], {name: 1.0})
@@ -180,7 +188,7 @@ class LoraLoaderMixin:
                     chosen = {n: layer.lora_active.get(n, 1.0) for n in adapter_names if n in layer.lora_adapters}
                 layer.fuse(lora_scale, chosen)
                 if safe_fusing and not torch.isfinite(layer.weight).all():
-                    layer.unfuse()
+                    self.unfuse_lora(components)
                     raise ValueError(f"fusing the LoRA into {component} gives non-finite weights; nothing was fused.")
 
     def unfuse_lora(self, components: Sequence[str] = LORA_COMPONENTS) -> None:
