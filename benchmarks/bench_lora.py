@@ -7,7 +7,8 @@ transformer blocks (attention q/k/v/out, feed-forward, proj_in/proj_out: 722 mod
 `networks.lora` trains), written once as fp16 safetensors. Figures:
 
   load:     `load_lora_weights(file)` until it returns (ours: parse + attach; diffusers: convert + peft inject)
-  step:     one UNet forward, batch 2 (CFG), 32x32 latents, plain / LoRA unfused / LoRA fused
+  step:     one UNet forward, batch 2 (CFG), 32x32 latents: adapters disabled (plain) / LoRA unfused / LoRA fused,
+            interleaved round by round
 
     python benchmarks/bench_lora.py [--rounds 5] [--steps 3] [--no-diffusers]
 
@@ -141,12 +142,17 @@ def main() -> int:
     loads = time_loads(holder, args.file, args.rounds)
     result["load"] = {"sdxl": stats(loads)}
 
-    plain = time_steps(ours, args.steps)
+    # interleaved rounds (plain = adapters disabled, unfused, fused), so drift in the machine's load hits all three
     holder.load_lora_weights(args.file, adapter_name="bench")
-    unfused = time_steps(ours, args.steps)
-    holder.fuse_lora()
-    fused = time_steps(ours, args.steps)
-    holder.unfuse_lora()
+    plain, unfused, fused = [], [], []
+    for _ in range(args.steps):
+        holder.disable_lora()
+        plain += time_steps(ours, 1)
+        holder.enable_lora()
+        unfused += time_steps(ours, 1)
+        holder.fuse_lora()
+        fused += time_steps(ours, 1)
+        holder.unfuse_lora()
     holder.unload_lora_weights()
     result["step"] = {"sdxl_plain": stats(plain), "sdxl_lora_unfused": stats(unfused), "sdxl_lora_fused": stats(fused)}
     result["unfused_overhead_median"] = statistics.median(unfused) / statistics.median(plain) - 1
@@ -160,14 +166,17 @@ def main() -> int:
         their_loads = time_loads(pipe, args.file, args.rounds)
         result["load"]["diffusers"] = stats(their_loads)
         result["load"]["diffusers_over_sdxl_median"] = statistics.median(their_loads) / statistics.median(loads)
-        their_plain = time_steps(theirs, args.steps)
         pipe.load_lora_weights(args.file, adapter_name="bench")
-        their_unfused = time_steps(theirs, args.steps)
+        their_plain, their_unfused = [], []
+        for _ in range(args.steps):
+            pipe.disable_lora()
+            their_plain += time_steps(theirs, 1)
+            pipe.enable_lora()
+            their_unfused += time_steps(theirs, 1)
         result["step"]["diffusers_plain"] = stats(their_plain)
         result["step"]["diffusers_lora_unfused"] = stats(their_unfused)
-        result["step"]["diffusers_unfused_over_sdxl_unfused_median"] = (
-            statistics.median(their_unfused) / statistics.median(unfused)
-        )
+        result["step"]["diffusers_unfused_overhead_median"] = statistics.median(their_unfused) / statistics.median(
+            their_plain) - 1
 
     result["machine"] = {"platform": platform.platform(), "cpu_count": psutil.cpu_count(),
                          "memory_gb": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__,

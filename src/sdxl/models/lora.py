@@ -103,6 +103,8 @@ class Adapter(nn.Module):
                 h = F.conv2d(x, down, None, layer.stride, layer.padding, layer.dilation, layer.groups)
                 return out.add_(F.conv2d(h, up), alpha=factor)
             h = F.linear(x, down)  # (..., rank)
+            if not out.is_contiguous():
+                return out + F.linear(h, up) * factor
             out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), up.t(), alpha=factor)
             return out
         delta = self.delta_weight(layer.weight.shape) * multiplier
