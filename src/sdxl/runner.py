@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sdxl.params import GenerationParams, find_sampler, sampler_name
+from sdxl.hires import check_sampling_params, hires_fix, variation_latents
+from sdxl.params import GenerationParams, find_sampler, find_schedule, sampler_name
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +45,9 @@ class Step:
     """One finished denoising step, as the step callback sees it.
 
     `step` counts UNet steps done in the whole run (base and refiner), `total` the steps the run will take;
-    `latents` are the current (B, C, h, w) latents of the stage `stage` ("base" or "refiner"), whose pipeline is
-    `pipe` (its VAE decodes them).
+    `latents` are the current (B, C, h, w) latents of the stage `stage` ("base", "refiner" or "hires": the hires
+    fix's second pass), whose pipeline is `pipe` (its VAE decodes them); `denoised` is the step's estimate of the
+    finished latents (what a preview should show; the latents themselves where the scheduler gives no estimate).
     """
 
     step: int
@@ -53,6 +55,7 @@ class Step:
     stage: str
     latents: torch.Tensor
     pipe: Any
+    denoised: torch.Tensor | None = None
 
 
 # What a step callback returns: None to go on, "stop" to end denoising here and decode what there is (A1111's
@@ -174,7 +177,8 @@ class Runner:
         """The name of the base model in memory, if any."""
         return self._base[0] if self._base is not None else None
 
-    def _task_pipe(self, base: Any, mode: str) -> Any:
+    def task_pipe(self, base: Any, mode: str) -> Any:
+        """`base`'s pipeline for `mode` (txt2img, img2img, inpaint), on the same modules."""
         import sdxl
 
         cls = getattr(sdxl, PIPELINE_CLASSES[mode])
@@ -221,9 +225,10 @@ class Runner:
         mode = mode_of(image, mask)
         check_params(params, mode)
         seed = resolve_seed(params.seed)
-        base = self._task_pipe(self.load(params.model), mode)
-        sampler = self._set_sampler(base, params.sampler)
-        prompt, lora_hashes = self._apply_loras(base, params)
+        base = self.task_pipe(self.load(params.model), mode)
+        sampler = self.set_sampler(base, params.sampler, params.schedule)
+        prompt, lora_hashes = self.apply_loras(base, params)
+        # one CPU generator per image: image i of a batch is the image of seed + i alone (diffusers' generator lists)
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
         common = dict(
             prompt=prompt,
@@ -246,8 +251,17 @@ class Runner:
                 mask = base.mask_processor.blur(mask, blur_factor=params.mask_blur)
             kwargs.update(mask_image=mask, padding_mask_crop=params.padding_mask_crop)
 
-        progress = _Progress(on_step, params)
-        if not params.refiner:
+        subseed = None
+        if params.subseed_strength:
+            subseed = resolve_seed(params.subseed)
+            kwargs["latents"] = variation_latents(base, params, seed, subseed).to(self.device)
+
+        progress = Progress(on_step, params)
+        first_size = None
+        if params.hires_scale is not None:
+            i2i = self.task_pipe(base, IMG2IMG)
+            images, first_size = hires_fix(base, i2i, params, kwargs, common, seed, progress)
+        elif not params.refiner:
             images = base(**kwargs, callback_on_step_end=progress.callback("base")).images
         else:
             latents = base(
@@ -265,13 +279,22 @@ class Runner:
                     refine.update(mask_image=kwargs["mask_image"], width=params.width, height=params.height)
                 images = refiner(**refine, callback_on_step_end=progress.callback("refiner")).images
         check_images(images)
-        used = replace(params, seed=seed, sampler=sampler, lora_hashes=lora_hashes)
-        return [
-            GeneratedImage(img, replace(used, seed=seed + i, width=img.width, height=img.height, batch_size=1))
-            for i, img in enumerate(images)
-        ]
+        schedule = find_schedule(params.schedule)
+        used = replace(params, seed=seed, sampler=sampler, schedule=None if schedule.name == "automatic" else schedule.label,
+                       lora_hashes=lora_hashes)
+        if subseed is not None:
+            used = replace(used, subseed=subseed)
+        results = []
+        for i, img in enumerate(images):
+            # with hires fix, Size is the first pass's (as A1111 records it) and the image is hires_scale larger
+            width, height = first_size or (img.width, img.height)
+            one = replace(used, seed=seed + i, width=width, height=height, batch_size=1)
+            if subseed is not None:
+                one = replace(one, subseed=subseed + i)
+            results.append(GeneratedImage(img, one))
+        return results
 
-    def _apply_loras(self, pipe: Any, params: GenerationParams) -> tuple[str, tuple[tuple[str, str], ...]]:
+    def apply_loras(self, pipe: Any, params: GenerationParams) -> tuple[str, tuple[tuple[str, str], ...]]:
         """Activate the LoRAs of `params.loras` and of the prompt's `<lora:NAME:WEIGHT>` tags (with the "a1111"
         syntax) on the base pipeline, each file loaded once as an adapter named by its file stem; no LoRA at all
         when there are none. Returns the prompt without its tags and the (name, A1111 hash) of each LoRA used."""
@@ -296,9 +319,10 @@ class Runner:
             pipe.set_adapters(names, weights)
         return prompt, tuple(hashes)
 
-    def _set_sampler(self, pipe: Any, name: str | None) -> str:
+    def set_sampler(self, pipe: Any, name: str | None, schedule: str | None = None) -> str:
         """Give `pipe` a fresh scheduler from its model's own config (with the sampler's options when `name` is
-        given); return the sampler's name as A1111 writes it."""
+        given, and A1111's schedule type `schedule` when not Automatic); return the sampler's name as A1111 writes
+        it."""
         import sdxl
 
         default = getattr(pipe, "_sdxl_default_scheduler", pipe.scheduler)
@@ -307,6 +331,9 @@ class Runner:
             pipe.scheduler = getattr(sdxl, sampler.scheduler).from_config(default.config, **sampler.options)
         else:
             pipe.scheduler = type(default).from_config(default.config)
+        schedule_type = find_schedule(schedule)
+        if schedule_type.name != "automatic":
+            pipe.scheduler.set_schedule_type(schedule_type.name)
         return sampler_name(pipe.scheduler)
 
 
@@ -361,12 +388,13 @@ def check_params(params: GenerationParams, mode: str) -> None:
         raise ValueError(f"mask_blur must be 0 or more pixels (got {params.mask_blur})")
     if params.padding_mask_crop is not None and params.padding_mask_crop < 0:
         raise ValueError(f"padding_mask_crop must be 0 or more pixels (got {params.padding_mask_crop})")
+    check_sampling_params(params, text2img=mode == TEXT2IMG)
     if params.refiner and params.padding_mask_crop is not None:
         raise ValueError("padding_mask_crop cannot be combined with a refiner (the base would hand over the latents "
                          "of the crop only); drop one of them")
 
 
-class _Progress:
+class Progress:
     """Counts steps across the base and refiner stages and forwards them to the caller's step callback."""
 
     def __init__(self, on_step: StepCallback | None, params: GenerationParams):
@@ -377,6 +405,7 @@ class _Progress:
         self.stopped = False
 
     def callback(self, stage: str) -> Callable[..., dict] | None:
+        """A diffusers-style step-end callback object for one stage (None without a step callback)."""
         if self.on_step is None:
             return None
         offset = None
@@ -390,13 +419,17 @@ class _Progress:
                     # the refiner runs the rest of the schedule: about steps * (1 - switch) more
                     rest = round(self.params.steps * (1 - self.params.refiner_switch_at))
                     self.total = stage_steps + max(rest, 1)
+                elif stage == "base" and self.params.hires_scale is not None:
+                    self.total = stage_steps + (self.params.hires_steps or self.params.steps)
                 else:
                     self.total = max(self.total, offset + stage_steps)
             self.done = offset + i + 1
-            action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe))
+            action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe,
+                                       tensors.get("denoised")))
             if action == "stop":
                 pipe._interrupt = True
                 self.stopped = True
             return {}
 
+        on_step_end.tensor_inputs = ("latents", "denoised")  # read by the pipelines, as diffusers' callback objects
         return on_step_end

@@ -95,7 +95,8 @@ class _PlainScheduler:
 
 @pytest.mark.parametrize("name", ["timesteps", "sigmas"])
 def test_retrieve_timesteps_refuses_custom_schedules_the_scheduler_cannot_take(name):
-    with pytest.raises(ValueError, match=f"_PlainScheduler.set_timesteps does not take custom `{name}`"):
+    kind = "timestep" if name == "timesteps" else "sigmas"  # diffusers' wording
+    with pytest.raises(ValueError, match=f"_PlainScheduler'>'s `set_timesteps` does not support custom {kind} schedules"):
         denoise.retrieve_timesteps(_PlainScheduler(), None, "cpu", **{name: [1.0, 0.5]})
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -103,9 +104,9 @@ def demo_server(start_server) -> RunningServer:
     return start_server()
 
 
-@pytest.fixture
-def spawn_server():
-    """spawn_server(data_dir, *extra flags) -> RunningServer of a real `sdxl serve` process (killed at the end)."""
+@contextmanager
+def spawned_servers():
+    """Yields spawn(data_dir, *extra flags) -> RunningServer of a real `sdxl serve` process; all killed at the end."""
     processes = []
 
     def spawn(data: Path, *extra: str, port: int | None = None) -> RunningServer:
@@ -118,8 +119,24 @@ def spawn_server():
         wait_until_up(url, process)
         return RunningServer(url, process=process)
 
-    yield spawn
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        process.wait(30)
+    try:
+        yield spawn
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+            process.wait(30)
+
+
+@pytest.fixture
+def spawn_server():
+    """spawn_server(data_dir, *extra flags) -> RunningServer of a real `sdxl serve` process (killed at the end)."""
+    with spawned_servers() as spawn:
+        yield spawn
+
+
+@pytest.fixture(scope="module")
+def spawn_module_server():
+    """spawn_server for servers a whole test module shares (killed after the module)."""
+    with spawned_servers() as spawn:
+        yield spawn

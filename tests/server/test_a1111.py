@@ -103,10 +103,30 @@ def test_webuiapi_refiner_and_listing_calls(webui):
 
 
 def test_schedule_types_and_legacy_sampler_names(webui):
-    for sampler, scheduler in (("DPM++ 2M", "karras"), ("DPM++ 2M", "Karras"), ("DPM++ 2M Karras", "automatic")):
+    cases = [(("DPM++ 2M", "karras"), ("DPM++ 2M", "Karras")), (("DPM++ 2M", "Karras"), ("DPM++ 2M", "Karras")),
+             (("Euler", "sgm_uniform"), ("Euler", "SGM Uniform")), (("Euler a", "automatic"), ("Euler a", "Automatic")),
+             (("DPM++ 2M Karras", "automatic"), ("DPM++ 2M Karras", "Automatic"))]
+    for (sampler, scheduler), (name, label) in cases:
         result = webui.txt2img(prompt=PROMPT, seed=1, width=128, height=128, sampler_name=sampler,
                                scheduler=scheduler, steps=4)
-        assert result.info["sampler_name"] == "DPM++ 2M Karras"
+        assert (result.info["sampler_name"], result.info["scheduler"]) == (name, label)
+        assert (f"Schedule type: {label}" in result.info["infotexts"][0]) == (label != "Automatic")
+    names = [s["name"] for s in webui.get_schedulers()]
+    assert names[:3] == ["automatic", "uniform", "karras"] and len(names) == 12
+
+
+def test_hires_fix_and_variation_seeds(webui):
+    result = webui.txt2img(prompt=PROMPT, seed=5, width=64, height=64, steps=4, enable_hr=True, hr_scale=2,
+                           hr_upscaler="Latent", hr_second_pass_steps=3, denoising_strength=0.6)
+    assert result.images[0].size == (128, 128)
+    extra = result.info["extra_generation_params"]
+    assert extra["Hires upscale"] == "2" and extra["Hires steps"] == "3" and extra["Hires upscaler"] == "Latent"
+    assert "Denoising strength: 0.6" in result.info["infotexts"][0]
+    varied = webui.txt2img(prompt=PROMPT, seed=5, width=128, height=128, steps=4, subseed=77,
+                           subseed_strength=0.3)
+    assert "Variation seed: 77" in varied.info["infotexts"][0]
+    assert {m["name"] for m in webui.get_latent_upscale_modes()} >= {"Latent", "Latent (nearest-exact)"}
+    assert "Lanczos" in {u["name"] for u in webui.get_upscalers()}
 
 
 def test_png_info_reads_our_parameters(webui):

@@ -59,11 +59,7 @@ def test_titles_and_file_names_without_suffix_resolve(models):
     assert catalog.resolve("tiny-sdxl [abc123]").name == "tiny-sdxl"
 
 
-@pytest.mark.parametrize("model", [
-    "tiny-sdxl",
-    pytest.param("tiny-file.safetensors", marks=pytest.mark.xfail(
-        strict=True, reason="a non-SDXL-sized single file needs its config stored in the file (issue 15)")),
-])
+@pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-file.safetensors"])  # the file carries its configs
 def test_jobs_run_on_a_folder_and_a_single_file_by_name(start_server, models, model):
     server = start_server(models_dir=models)
     with server.client() as client:

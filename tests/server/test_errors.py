@@ -48,6 +48,11 @@ NATIVE_CASES = [
     ({**OK, "image": png_b64(SMALL), "strength": 2}, 422, "strength: Input should be less than or equal to 1"),
     ({**OK, "refiner": "demo-refiner", "refiner_switch_at": 1.5}, 422, "refiner_switch_at"),
     ({**OK, "prompt": "x" * 30_000}, 422, "prompt has 30000 characters"),
+    ({**OK, "width": 1536, "hires_scale": 2}, 422, "the hires fix makes the width 3072 pixels"),
+    ({**OK, "hires_scale": 2, "hires_upscaler": "ESRGAN"}, 422, "unknown hires upscaler 'ESRGAN'"),
+    ({**OK, "schedule": "wobbly"}, 422, "unknown schedule type 'wobbly'"),
+    ({**OK, "sampler": "DDIM", "schedule": "Karras"}, 422, "schedule"),
+    ({**OK, "image": png_b64(SMALL), "hires_scale": 2}, 422, "hires"),
 ]
 
 
@@ -73,7 +78,7 @@ A1111_CASES = [
     ("/sdapi/v1/txt2img", "{", 400, "not valid JSON"),
     ("/sdapi/v1/txt2img", {"steps": 2, "width": 100}, 422, "width must be a positive multiple of 8"),
     ("/sdapi/v1/txt2img", {"steps": 2, "sampler_name": "Euler z"}, 422, "unknown sampler 'Euler z'"),
-    ("/sdapi/v1/txt2img", {"steps": 2, "scheduler": "wobbly"}, 422, "unknown scheduler 'wobbly'"),
+    ("/sdapi/v1/txt2img", {"steps": 2, "scheduler": "wobbly"}, 422, "unknown schedule type 'wobbly'"),
     ("/sdapi/v1/txt2img", {"steps": 2, "script_name": "x/y plot"}, 422, "script 'x/y plot' not found"),
     ("/sdapi/v1/txt2img", {"steps": 2, "override_settings": {"sd_model_checkpoint": "../x"}}, 400, "refused"),
     ("/sdapi/v1/txt2img", {"steps": 2, "refiner_checkpoint": "nope"}, 422, "refiner: no model named"),

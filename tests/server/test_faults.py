@@ -42,7 +42,7 @@ class FaultyRunner(Runner):
 
 @pytest.fixture(scope="module")
 def server(start_server):
-    return start_server(runner=FaultyRunner("cpu"))
+    return start_server(runner=FaultyRunner("cpu"), batch_jobs=False)  # faults are injected per job
 
 
 @pytest.mark.parametrize("prompt, message", [

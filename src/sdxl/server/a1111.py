@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from sdxl.metadata import parse_parameters
-from sdxl.params import SAMPLERS
+from sdxl.params import SAMPLERS, SCHEDULE_TYPES, UPSCALERS
 from sdxl.server.a1111_models import (
     Img2ImgRequest,
     OptionsUpdate,
@@ -32,9 +32,9 @@ from sdxl.server.store import CANCELLED, DONE, FINISHED, QUEUED, Job
 from sdxl.server.worker import BAD_OUTPUT, INPUT_ERROR, OUT_OF_MEMORY
 
 WAIT_POLL_SECONDS = 0.05
+_CORE_INFOTEXT_KEYS = {"Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model"}
 # the statuses a failed synchronous job answers with, by why it failed
 _FAILURE_STATUS = {INPUT_ERROR: 422, OUT_OF_MEMORY: 503, BAD_OUTPUT: 500}
-SCHEDULES = [("automatic", "Automatic"), ("karras", "Karras"), ("exponential", "Exponential")]
 
 
 def build_router(service: Service) -> APIRouter:
@@ -133,10 +133,18 @@ def build_router(service: Service) -> APIRouter:
 
     @router.get("/schedulers", summary="Schedule types")
     def schedulers() -> list[dict]:
-        return [
-            {"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
-            for name, label in SCHEDULES
+        return [schedule.to_api() for schedule in SCHEDULE_TYPES]
+
+    @router.get("/upscalers", summary="Hires-fix upscalers that work on decoded images")
+    def upscalers() -> list[dict]:
+        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4}] + [
+            {"name": u.name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+            for u in UPSCALERS if u.space == "image"
         ]
+
+    @router.get("/latent-upscale-modes", summary="Hires-fix upscalers that work on latents")
+    def latent_upscale_modes() -> list[dict]:
+        return [{"name": u.name} for u in UPSCALERS if u.space == "latent"]
 
     @router.get("/options", summary="Options; sd_model_checkpoint is the current model")
     def get_options() -> dict:
@@ -202,7 +210,7 @@ def build_router(service: Service) -> APIRouter:
 
     # lists A1111 clients read at start-up: this server has none of these
     for path in ("sd-vae", "loras", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles",
-                 "upscalers", "latent-upscale-modes", "sd-modules"):
+                 "sd-modules"):
         router.add_api_route(f"/{path}", _empty_list, methods=["GET"], summary="(none on this server)")
 
     @router.get("/embeddings", summary="Textual inversion embeddings (none loaded)")
@@ -262,9 +270,9 @@ def _info(job: Job, request: Any) -> dict:
     first = images[0] if images else job.request["params"]
     seeds = [i["seed"] for i in images]
     count = len(images)
-    extra = {}
-    if first.get("refiner"):
-        extra = {"Refiner": first["refiner"], "Refiner switch at": first["refiner_switch_at"]}
+    # what the infotext records beyond A1111's core fields (refiner, hires fix, schedule type, ...)
+    settings = parse_parameters(first["infotext"]) if images else {}
+    extra = {k: v for k, v in settings.items() if k not in _CORE_INFOTEXT_KEYS}
     return {
         "prompt": first["prompt"],
         "all_prompts": [first["prompt"]] * count,
@@ -278,7 +286,7 @@ def _info(job: Job, request: Any) -> dict:
         "width": first["width"],
         "height": first["height"],
         "sampler_name": first["sampler"],
-        "scheduler": request.scheduler or "Automatic",
+        "scheduler": first.get("schedule") or "Automatic",
         "cfg_scale": first["guidance_scale"],
         "steps": first["steps"],
         "batch_size": request.batch_size or 1,

@@ -12,14 +12,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdxl.params import SAMPLERS, GenerationParams
+from sdxl.params import SAMPLERS, GenerationParams, find_schedule, find_upscaler
 from sdxl.server.errors import Invalid
 
-A1111_DEFAULTS = {"steps": 50, "cfg_scale": 7.0, "sampler_name": "Euler", "denoising_strength": 0.75, "mask_blur": 4}
+A1111_DEFAULTS = {"steps": 50, "cfg_scale": 7.0, "sampler_name": "Euler", "denoising_strength": 0.75, "mask_blur": 4,
+                  "hr_denoising_strength": 0.7, "hr_upscaler": "Latent"}
 NO_REFINER = ("", "none", "None")
-
-# A1111's "Schedule type" menu names (lower case) and labels -> the suffix our sampler names carry for it
-_SCHEDULE_SUFFIXES = {"automatic": "", "karras": " Karras", "exponential": " Exponential"}
 
 
 class _Request(BaseModel):
@@ -50,9 +48,15 @@ class _Request(BaseModel):
 
 
 class Txt2ImgRequest(_Request):
-    """`POST /sdapi/v1/txt2img`."""
+    """`POST /sdapi/v1/txt2img`; `enable_hr` runs the hires fix (`hr_scale` or `hr_resize_x`/`hr_resize_y`,
+    `hr_upscaler`, `hr_second_pass_steps`, `denoising_strength`)."""
 
     enable_hr: bool | None = False
+    hr_scale: float | None = Field(2.0, ge=1, le=8)
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int | None = Field(0, ge=0)
+    hr_resize_x: int | None = Field(0, ge=0)
+    hr_resize_y: int | None = Field(0, ge=0)
 
 
 class Img2ImgRequest(_Request):
@@ -83,22 +87,58 @@ class PngInfoRequest(BaseModel):
     image: str = ""
 
 
-def sampler_for(sampler_name: str | None, scheduler: str | None) -> str:
-    """Our sampler name for A1111's sampler name and "Schedule type" (name or label; Automatic keeps the
-    sampler's own schedule). Invalid names the sampler names we have."""
+def sampler_for(sampler_name: str | None, scheduler: str | None) -> tuple[str, str | None]:
+    """(our sampler name, schedule type label or None) for A1111's sampler name and "Schedule type" (name or label).
+
+    A schedule type applies to the k-diffusion samplers that take one; for the others, "Karras" and "Exponential"
+    pick our sampler of that name where there is one ("DPM++ 2M" + "Karras" -> "DPM++ 2M Karras", diffusers'
+    Karras sigmas); legacy names that already say it ("DPM++ 2M Karras") are taken as they are."""
+    from sdxl.server.service import no_schedule_for, sampler_takes_schedules
+
     name = (sampler_name or A1111_DEFAULTS["sampler_name"]).strip()
-    schedule = (scheduler or "automatic").strip().lower()
-    if schedule not in _SCHEDULE_SUFFIXES:
-        raise Invalid(f"unknown scheduler {scheduler!r}; this server has: {', '.join(_SCHEDULE_SUFFIXES)}")
-    suffix = _SCHEDULE_SUFFIXES[schedule].lower()
-    key = name.lower()
-    if key not in SAMPLERS:
+    sampler = SAMPLERS.get(name.lower())
+    if sampler is None:
         raise Invalid(f"unknown sampler {name!r}; this server has: {', '.join(s.name for s in SAMPLERS.values())}")
-    if not suffix or key.endswith(suffix):  # "DPM++ 2M Karras": the legacy name already says it
-        return SAMPLERS[key].name
-    if key + suffix in SAMPLERS:
-        return SAMPLERS[key + suffix].name
-    raise Invalid(f"the sampler {name!r} has no {scheduler!r} schedule here; use scheduler 'automatic'")
+    try:
+        schedule = find_schedule(scheduler)
+    except ValueError as err:
+        raise Invalid(str(err)) from None
+    if schedule.name == "automatic" or sampler.name.lower().endswith(" " + schedule.name):
+        return sampler.name, None
+    if sampler_takes_schedules(sampler):
+        return sampler.name, schedule.label
+    combined = SAMPLERS.get(f"{sampler.name} {schedule.label}".lower())
+    if combined is not None:
+        return combined.name, None
+    raise no_schedule_for(sampler)
+
+
+def hires_of(request: Txt2ImgRequest) -> dict:
+    """The GenerationParams fields of A1111's hires fix ({} when it is off)."""
+    if not getattr(request, "enable_hr", False):
+        return {}
+    scale = request.hr_scale or 2.0
+    if request.hr_resize_x or request.hr_resize_y:
+        if not (request.width and request.height):
+            raise Invalid("hr_resize_x/hr_resize_y need the first pass's width and height")
+        scales = {round(x / base, 6) for x, base in ((request.hr_resize_x, request.width),
+                                                       (request.hr_resize_y, request.height)) if x}
+        if len(scales) != 1:
+            raise Invalid("hr_resize_x and hr_resize_y must keep the aspect ratio of width and height here "
+                          "(cropping to another ratio is not implemented); or use hr_scale")
+        scale = scales.pop()
+    upscaler = request.hr_upscaler or A1111_DEFAULTS["hr_upscaler"]
+    try:
+        find_upscaler(upscaler)
+    except ValueError as err:
+        raise Invalid(str(err)) from None
+    strength = request.denoising_strength
+    return {
+        "hires_scale": scale,
+        "hires_upscaler": upscaler,
+        "hires_steps": request.hr_second_pass_steps or 0,
+        "denoising_strength": strength if strength is not None else A1111_DEFAULTS["hr_denoising_strength"],
+    }
 
 
 def to_params(request: _Request, *, model: str, image: bool, mask: bool) -> GenerationParams:
@@ -106,15 +146,13 @@ def to_params(request: _Request, *, model: str, image: bool, mask: bool) -> Gene
     if request.script_name:
         raise Invalid(f"script {request.script_name!r} not found: this server has no scripts")
     refiner = request.refiner_checkpoint if request.refiner_checkpoint not in (None, *NO_REFINER) else ""
-    strength = request.denoising_strength if request.denoising_strength is not None else (
-        A1111_DEFAULTS["denoising_strength"])
-    blur = getattr(request, "mask_blur", None)
-    full_res = bool(getattr(request, "inpaint_full_res", False))
-    return GenerationParams(
+    sampler, schedule = sampler_for(request.sampler_name or request.sampler_index, request.scheduler)
+    fields: dict[str, Any] = dict(
         prompt=request.prompt or "",
         negative_prompt=request.negative_prompt or "",
         steps=request.steps or A1111_DEFAULTS["steps"],
-        sampler=sampler_for(request.sampler_name or request.sampler_index, request.scheduler),
+        sampler=sampler,
+        schedule=schedule,
         guidance_scale=request.cfg_scale if request.cfg_scale is not None else A1111_DEFAULTS["cfg_scale"],
         seed=request.seed if request.seed is not None else -1,
         width=request.width,
@@ -123,12 +161,23 @@ def to_params(request: _Request, *, model: str, image: bool, mask: bool) -> Gene
         batch_size=(request.batch_size or 1) * (request.n_iter or 1),
         prompt_syntax="a1111",  # A1111 always reads (emphasis:1.2) and [de-emphasis]
         long_prompts=True,
-        denoising_strength=strength if image else None,
-        mask_blur=(blur if blur is not None else A1111_DEFAULTS["mask_blur"]) if mask else None,
-        padding_mask_crop=(request.inpaint_full_res_padding or 0) if mask and full_res else None,
         refiner=refiner,
         refiner_switch_at=(request.refiner_switch_at or 0.8) if refiner else None,
     )
+    if request.subseed_strength:
+        fields.update(subseed=request.subseed if request.subseed is not None else -1,
+                      subseed_strength=request.subseed_strength)
+    if image:
+        strength = request.denoising_strength
+        fields["denoising_strength"] = strength if strength is not None else A1111_DEFAULTS["denoising_strength"]
+    else:
+        fields.update(hires_of(request))
+    if mask:
+        blur = request.mask_blur
+        fields["mask_blur"] = blur if blur is not None else A1111_DEFAULTS["mask_blur"]
+        if request.inpaint_full_res:
+            fields["padding_mask_crop"] = request.inpaint_full_res_padding or 0
+    return GenerationParams(**fields)
 
 
 def echo(request: _Request) -> dict[str, Any]:

@@ -34,6 +34,8 @@ class ServerConfig:
     device: str = "auto"
     dtype: str = "auto"
     preview_every: int = 2  # a live preview every N denoising steps (0: none)
+    preload: bool = True  # load the model when the server starts, not with the first job
+    batch_jobs: bool = True  # run compatible text-to-image jobs queued together as one batch (up to max_batch images)
     limits: Limits = field(default_factory=Limits)
 
     def check(self) -> None:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdxl.params import SAMPLERS, GenerationParams
+from sdxl.params import SAMPLERS, SCHEDULE_TYPES, UPSCALERS, GenerationParams
 from sdxl.server.errors import Invalid, NotFound
 from sdxl.server.images import decode_image
 from sdxl.server.service import PROMPT_SYNTAXES, Service
@@ -39,6 +39,13 @@ class JobRequest(BaseModel):
     refiner: str | None = Field(None, description="a refiner model name: the ensemble of experts")
     refiner_switch_at: float = Field(0.8, gt=0, lt=1, description="fraction of the schedule the base runs")
     sampler: str | None = Field(None, description="sampler name as A1111 spells it (default: the model's)")
+    schedule: str | None = Field(None, description="A1111 schedule type for k-diffusion samplers (default: Automatic)")
+    hires_scale: float | None = Field(None, ge=1, le=8, description="hires fix: upscale factor of a second pass")
+    hires_upscaler: str = Field("Latent", description="hires fix upscaler (GET /v1/capabilities lists them)")
+    hires_steps: int = Field(0, ge=0, description="hires fix steps (0: as many as `steps`)")
+    hires_strength: float = Field(0.5, gt=0, le=1, description="hires fix denoising strength")
+    subseed: int | None = Field(None, ge=-1, lt=2**32, description="variation seed (-1: random)")
+    subseed_strength: float = Field(0.0, ge=0, le=1, description="how far towards the variation seed's noise")
     seed: int | None = Field(None, ge=-1, lt=2**32, description="-1 or null: random; the seed used is reported")
     width: int | None = Field(None, ge=8, description="multiple of 8 (default: the model's size)")
     height: int | None = Field(None, ge=8, description="multiple of 8 (default: the model's size)")
@@ -49,13 +56,15 @@ class JobRequest(BaseModel):
     batch_size: int = Field(1, ge=1)
 
     def to_params(self, default_model: str) -> GenerationParams:
-        strength = self.strength if self.strength is not None else DEFAULT_IMG2IMG_STRENGTH
-        return GenerationParams(
+        """The request as GenerationParams (image-to-image fields only with an image, inpainting ones with a mask,
+        hires fields with `hires_scale`)."""
+        fields = dict(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             prompt_2=self.prompt_2,
             steps=self.steps,
             sampler=self.sampler,
+            schedule=self.schedule,
             guidance_scale=self.guidance_scale,
             seed=self.seed,
             width=self.width,
@@ -64,12 +73,19 @@ class JobRequest(BaseModel):
             batch_size=self.batch_size,
             prompt_syntax=None if self.prompt_syntax == "none" else self.prompt_syntax,
             long_prompts=self.long_prompts,
-            denoising_strength=strength if self.image is not None else None,
-            mask_blur=self.mask_blur if self.mask is not None else None,
-            padding_mask_crop=self.padding_mask_crop if self.mask is not None else None,
             refiner=self.refiner or "",
             refiner_switch_at=self.refiner_switch_at if self.refiner else None,
         )
+        if self.subseed_strength:
+            fields.update(subseed=self.subseed, subseed_strength=self.subseed_strength)
+        if self.hires_scale is not None:  # (refused for image inputs by the checks, with the reason)
+            fields.update(hires_scale=self.hires_scale, hires_upscaler=self.hires_upscaler,
+                          hires_steps=self.hires_steps, denoising_strength=self.hires_strength)
+        if self.image is not None:
+            fields["denoising_strength"] = self.strength if self.strength is not None else DEFAULT_IMG2IMG_STRENGTH
+        if self.mask is not None:
+            fields.update(mask_blur=self.mask_blur, padding_mask_crop=self.padding_mask_crop)
+        return GenerationParams(**fields)
 
 
 def build_router(service: Service) -> APIRouter:
@@ -141,6 +157,8 @@ def build_router(service: Service) -> APIRouter:
             ],
             "default_model": service.default_model,
             "samplers": [s.name for s in SAMPLERS.values()],
+            "schedule_types": [t.label for t in SCHEDULE_TYPES],
+            "hires_upscalers": [u.name for u in UPSCALERS],
             "prompt_syntaxes": list(PROMPT_SYNTAXES),
             "limits": vars(limits),
             "defaults": {

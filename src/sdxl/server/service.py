@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from sdxl.params import GenerationParams, find_sampler
+from sdxl.batching import batch_key
+from sdxl.params import SAMPLERS, GenerationParams, find_sampler, find_schedule
 from sdxl.runner import Runner, check_params, mode_of, pick_device, pick_dtype
 from sdxl.server.catalog import ModelCatalog, ModelNotFound, UnsafeModelName
 from sdxl.server.config import ServerConfig
@@ -35,7 +36,9 @@ class Service:
         self.default_model = self.catalog.entries()[0].name
         device = pick_device(config.device)
         self.runner = runner or Runner(device, pick_dtype(config.dtype, device), resolve=self._source)
-        self.worker = Worker(self.store, self.runner, self.data, self.board, preview_every=config.preview_every)
+        self.worker = Worker(self.store, self.runner, self.data, self.board, preview_every=config.preview_every,
+                             preload=self.default_model if config.preload else None,
+                             max_batch=self.limits.max_batch if config.batch_jobs else 1)
         self.requeued, self.failed_on_start = self.store.recover()
 
     def _source(self, name: str) -> str:
@@ -56,8 +59,10 @@ class Service:
         if inputs:
             self.data.save_inputs(job_id, inputs)
         request = {"params": asdict(params), "inputs": sorted(inputs), **(extra or {})}
+        key = batch_key(params) if not inputs else None  # image inputs: never batched
         try:
-            job = self.store.create(api, request, job_id=job_id, max_queued=self.limits.max_queue)
+            job = self.store.create(api, request, job_id=job_id, max_queued=self.limits.max_queue, batch_key=key,
+                                    images=params.batch_size)
         except QueueFull as err:
             self.data.remove_inputs(job_id)
             raise TooMany(str(err), headers={"Retry-After": "5"}) from None
@@ -72,10 +77,14 @@ class Service:
             check_params(params, mode)
         except ValueError as err:
             raise Invalid(str(err)) from None
+        scale = params.hires_scale or 1.0
         for name, bound in (("width", limits.max_width), ("height", limits.max_height)):
             value = getattr(params, name)
             if value is not None and value > bound:
                 raise Invalid(f"{name} {value} is over this server's limit of {bound} pixels")
+            if value is not None and int(value * scale) > bound:
+                raise Invalid(f"the hires fix makes the {name} {int(value * scale)} pixels, over this server's limit "
+                              f"of {bound}; lower hires_scale or the size")
         if params.steps > limits.max_steps:
             raise Invalid(f"steps {params.steps} is over this server's limit of {limits.max_steps}")
         if params.batch_size > limits.max_batch:
@@ -88,9 +97,11 @@ class Service:
             raise Invalid(f"prompt_syntax must be one of {list(PROMPT_SYNTAXES)}, not {params.prompt_syntax!r}")
         if params.sampler:
             try:
-                find_sampler(params.sampler)
+                sampler = find_sampler(params.sampler)
             except ValueError as err:
                 raise Invalid(str(err)) from None
+            if find_schedule(params.schedule).name != "automatic" and not sampler_takes_schedules(sampler):
+                raise no_schedule_for(sampler)
         self.check_model(params.model)
         if params.refiner:
             self.check_model(params.refiner, what="refiner")
@@ -124,7 +135,10 @@ class Service:
         if job.state in FINISHED:
             raise Conflict(f"job {job_id} has already ended ({job.state}); there is nothing to cancel")
         if not self.store.cancel_if_queued(job_id):
-            self.worker.cancel(job_id)  # it was claimed meanwhile: stop it at its next step
+            self.worker.cancel(job_id)  # running: it stops at its next step
+            if len(self.worker.running) > 1 and job_id in self.worker.running:
+                # part of a batch that runs on for the others: it is cancelled now, its images are dropped
+                self.store.finish(job_id, CANCELLED, error="cancelled while running")
         return self.job(job_id)
 
     def image_path(self, job_id: str, index: int):
@@ -142,7 +156,7 @@ class Service:
         step, total = (live.step, live.total) if live is not None else (job.step, job.total)
         images = [
             {"index": i, "url": f"/v1/jobs/{job.id}/images/{i}", "seed": info.get("seed"),
-             "width": info.get("width"), "height": info.get("height"), "infotext": info.get("infotext")}
+             "width": info["image_size"][0], "height": info["image_size"][1], "infotext": info.get("infotext")}
             for i, info in enumerate(job.result.get("images", []))
         ]
         return {
@@ -164,3 +178,16 @@ class Service:
             "images": images,
             "preview_url": f"/v1/jobs/{job.id}/preview" if live is not None and live.preview else None,
         }
+
+
+def sampler_takes_schedules(sampler) -> bool:
+    """Whether a sampler's scheduler class takes A1111's schedule types (the k-diffusion samplers)."""
+    import sdxl
+
+    return getattr(sdxl, sampler.scheduler).supports_schedule_types
+
+
+def no_schedule_for(sampler) -> Invalid:
+    """The error for a schedule type on a sampler that takes none, naming those that do."""
+    able = ", ".join(s.name for s in SAMPLERS.values() if sampler_takes_schedules(s))
+    return Invalid(f"the sampler {sampler.name!r} takes no schedule type (only Automatic); these do: {able}")

@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     api TEXT NOT NULL,                      -- "native" or "a1111"
     state TEXT NOT NULL,
     request TEXT NOT NULL,                  -- JSON
+    batch_key TEXT,                         -- jobs with the same key may run as one batch; NULL: alone
+    images INTEGER NOT NULL DEFAULT 1,      -- how many images the job makes
     created REAL NOT NULL,
     started REAL,
     finished REAL,
@@ -56,6 +58,8 @@ class Job:
     state: str
     request: dict[str, Any]
     created: float
+    batch_key: str | None = None
+    images: int = 1
     started: float | None = None
     finished: float | None = None
     step: int = 0
@@ -92,10 +96,11 @@ class JobStore:
     # ---- writing -------------------------------------------------------------------------------------------------
 
     def create(
-        self, api: str, request: dict[str, Any], *, job_id: str | None = None, max_queued: int | None = None
+        self, api: str, request: dict[str, Any], *, job_id: str | None = None, max_queued: int | None = None,
+        batch_key: str | None = None, images: int = 1,
     ) -> Job:
         """Queue a new job (with `job_id`, from `new_id()`, when files were stored under it first); QueueFull when
-        `max_queued` jobs are already waiting."""
+        `max_queued` jobs are already waiting. Queued jobs with the same `batch_key` may be claimed together."""
         db = self._connect()
         job_id = job_id or new_id()
         db.execute("BEGIN IMMEDIATE")
@@ -105,8 +110,8 @@ class JobStore:
                 if waiting >= max_queued:
                     raise QueueFull(f"the queue is full ({waiting} jobs waiting); try again when some have run")
             db.execute(
-                "INSERT INTO jobs (id, api, state, request, created) VALUES (?, ?, ?, ?, ?)",
-                (job_id, api, QUEUED, json.dumps(request), time.time()),
+                "INSERT INTO jobs (id, api, state, request, created, batch_key, images) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, api, QUEUED, json.dumps(request), time.time(), batch_key, images),
             )
             db.execute("COMMIT")
         except BaseException:
@@ -116,25 +121,45 @@ class JobStore:
 
     def claim_next(self) -> Job | None:
         """Mark the oldest queued job running and return it (None when the queue is empty)."""
+        jobs = self.claim_batch(max_images=1)
+        return jobs[0] if jobs else None
+
+    def claim_batch(self, max_images: int) -> list[Job]:
+        """Mark the oldest queued job running, with the next queued jobs of its batch key while their images fit in
+        `max_images` (in queue order); return them ([] when the queue is empty)."""
         db = self._connect()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,)).fetchone()
-            if row is not None:
-                db.execute(
-                    "UPDATE jobs SET state = ?, started = ?, step = 0, attempts = attempts + 1 WHERE id = ?",
-                    (RUNNING, time.time(), row["id"]),
+            first = db.execute(
+                "SELECT id, seq, batch_key, images FROM jobs WHERE state = ? ORDER BY seq LIMIT 1", (QUEUED,)
+            ).fetchone()
+            ids = [first["id"]] if first is not None else []
+            if first is not None and first["batch_key"] is not None:
+                total = first["images"]
+                rows = db.execute(
+                    "SELECT id, images FROM jobs WHERE state = ? AND batch_key = ? AND seq > ? ORDER BY seq",
+                    (QUEUED, first["batch_key"], first["seq"]),
                 )
+                for row in rows.fetchall():
+                    if total + row["images"] > max_images:
+                        break
+                    ids.append(row["id"])
+                    total += row["images"]
+            db.executemany(
+                "UPDATE jobs SET state = ?, started = ?, step = 0, attempts = attempts + 1 WHERE id = ?",
+                [(RUNNING, time.time(), i) for i in ids],
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return self.get(row["id"]) if row is not None else None
+        return [self.get(i) for i in ids]
 
-    def set_progress(self, job_id: str, step: int, total: int) -> None:
-        """Record how far a running job is."""
-        self._connect().execute(
-            "UPDATE jobs SET step = ?, total = ? WHERE id = ? AND state = ?", (step, total, job_id, RUNNING)
+    def set_progress(self, job_ids: list[str], step: int, total: int) -> None:
+        """Record how far running jobs are (one transaction for a batch)."""
+        self._connect().executemany(
+            "UPDATE jobs SET step = ?, total = ? WHERE id = ? AND state = ?",
+            [(step, total, job_id, RUNNING) for job_id in job_ids],
         )
 
     def finish(self, job_id: str, state: str, *, error: str | None = None, result: dict | None = None) -> None:

@@ -3,6 +3,8 @@
 Cancelling a running job sets a flag the step callback checks, so the job stops within one denoising step; A1111's
 interrupt and skip ask the runner to stop denoising and decode what there is. A job that fails (bad input found
 late, out of memory, a NaN decode, a bug) is marked failed with the reason, and the worker goes on to the next one.
+Text-to-image jobs that are queued together and share a batch key (`sdxl.batching`) run as one batch of up to
+`max_batch` images, each with its own prompt, seed and CFG scale.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from sdxl.metadata import format_parameters, save_png
 from sdxl.params import GenerationParams
+from sdxl.batching import run_batch
 from sdxl.runner import Cancelled, GenerationFailed, Runner, Step
 from sdxl.server.catalog import ModelNotFound
 from sdxl.server.progress import ProgressBoard
@@ -79,13 +82,16 @@ class Worker:
     """Runs jobs from `store` one at a time on a background thread."""
 
     def __init__(self, store: JobStore, runner: Runner, data: DataFolder, board: ProgressBoard, *,
-                 preview_every: int = 2):
+                 preview_every: int = 2, preload: str | None = None, max_batch: int = 1):
         self.store = store
         self.runner = runner
         self.data = data
         self.board = board
         self.preview_every = preview_every
-        self.current: str | None = None  # id of the running job
+        self.preload = preload  # a model to load before the first job (so that job does not wait for it)
+        self.max_batch = max_batch  # images that queued text-to-image jobs may share one call with (1: no batching)
+        self.current: str | None = None  # id of the running job (the first of a batch)
+        self.running: list[str] = []  # every job of the running batch
         self._cancel: set[str] = set()
         self._stop_current: str | None = None  # A1111 interrupt/skip: end denoising early, keep the images
         self._wake = threading.Event()
@@ -113,7 +119,8 @@ class Worker:
         self._wake.set()
 
     def cancel(self, job_id: str) -> None:
-        """Stop a running job at its next step (no images); it is marked cancelled."""
+        """Stop a running job at its next step (no images); it is marked cancelled. In a batch the others run on,
+        and the cancelled job's images are dropped at the end."""
         self._cancel.add(job_id)
 
     def stop_early(self) -> str | None:
@@ -130,73 +137,103 @@ class Worker:
     # ---- the loop --------------------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        if self.preload:
+            try:
+                self.runner.load(self.preload)
+            except Exception as err:  # the jobs that need it will fail with the reason; keep serving
+                logger.error("could not load %s at start: %s", self.preload, err)
         while not self._halt.is_set():
-            job = self.store.claim_next()
-            if job is None:
+            jobs = self.store.claim_batch(self.max_batch)
+            if not jobs:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
-            self._run(job)
+            self._run(jobs)
 
-    def _run(self, job: Job) -> None:
-        self.current = job.id
-        params = GenerationParams(**job.request["params"])
+    def _run(self, jobs: list[Job]) -> None:
+        """Run one job, or several text-to-image jobs as one batch; record each one's outcome."""
+        ids = [job.id for job in jobs]
+        self.current, self.running = ids[0], ids
+        params = [GenerationParams(**job.request["params"]) for job in jobs]
         started = time.time()
-        self.board.start(job.id, total=params.steps)
+        for job, p in zip(jobs, params):
+            self.board.start(job.id, total=p.steps)
+        on_step = self._step_callback(jobs)
         try:
-            inputs = self.data.load_inputs(job.id)
-            results = self.runner.run(
-                params, image=inputs.get("image"), mask=inputs.get("mask"), on_step=self._step_callback(job.id)
-            )
-            result = self._save(job.id, results)
-            result["timings"] = {"queued_s": round(started - job.created, 3), "run_s": round(time.time() - started, 3)}
-            result["interrupted"] = self._stop_current == job.id
-            self.store.finish(job.id, DONE, result=result)
+            if len(jobs) == 1:
+                inputs = self.data.load_inputs(ids[0])
+                results = [self.runner.run(params[0], image=inputs.get("image"), mask=inputs.get("mask"),
+                                           on_step=on_step)]
+            else:
+                results = run_batch(self.runner, params, on_step=on_step)
+            for job, images in zip(jobs, results):
+                timings = {"queued_s": round(started - job.created, 3), "run_s": round(time.time() - started, 3),
+                           "batched_with": len(jobs) - 1}
+                if job.id in self._cancel:  # cancelled while its batch ran on: the others keep their images
+                    self.store.finish(job.id, CANCELLED, error="cancelled while running", result={"timings": timings})
+                    continue
+                result = self._save(job.id, images)
+                result["timings"] = timings
+                result["interrupted"] = self._stop_current == ids[0]
+                self.store.finish(job.id, DONE, result=result)
         except Cancelled:
-            self.store.finish(job.id, CANCELLED, error="cancelled while running",
-                              result={"timings": {"run_s": round(time.time() - started, 3)}})
-        except Exception as err:  # every failure ends this job only; the worker serves the next one
+            for job_id in ids:
+                self.store.finish(job_id, CANCELLED, error="cancelled while running",
+                                  result={"timings": {"run_s": round(time.time() - started, 3)}})
+        except Exception as err:  # every failure ends these jobs only; the worker serves the next ones
             kind, message = describe_failure(err)
             if kind == INTERNAL_ERROR:
-                logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
+                logger.error("job(s) %s failed:\n%s", ", ".join(ids), traceback.format_exc())
             if kind == OUT_OF_MEMORY:
                 free_memory()
-            self.store.finish(job.id, FAILED, error=message, result={"error_kind": kind})
+            for job_id in ids:
+                self.store.finish(job_id, FAILED, error=message, result={"error_kind": kind})
         finally:
-            self.board.end(job.id)
-            self._cancel.discard(job.id)
-            if self._stop_current == job.id:
+            for job_id in ids:
+                self.board.end(job_id)
+                self._cancel.discard(job_id)
+                self.data.remove_inputs(job_id)
+            if self._stop_current in ids:
                 self._stop_current = None
-            self.current = None
-            self.data.remove_inputs(job.id)
+            self.current, self.running = None, []
 
-    def _step_callback(self, job_id: str):
+    def _step_callback(self, jobs: list[Job]):
+        ids = [job.id for job in jobs]
+        # each job's first row in the batch, for its preview
+        rows = [sum(job.images for job in jobs[:k]) for k in range(len(jobs))]
+
         def on_step(step: Step) -> str | None:
-            if job_id in self._cancel:
+            if all(job_id in self._cancel for job_id in ids):
                 raise Cancelled()
-            preview = None
+            previews: list[bytes | None] = [None] * len(ids)
             if self.preview_every and (step.step % self.preview_every == 0 or step.step == 1):
-                preview = self._preview_png(step)
-            self.board.step(job_id, step.step, step.total, preview)
-            self.store.set_progress(job_id, step.step, step.total)
-            return "stop" if self._stop_current == job_id else None
+                previews = self._preview_pngs(step, rows)
+            for job_id, preview in zip(ids, previews):
+                self.board.step(job_id, step.step, step.total, preview)
+            self.store.set_progress(ids, step.step, step.total)
+            return "stop" if self._stop_current in ids else None
 
         return on_step
 
-    def _preview_png(self, step: Step) -> bytes | None:
+    def _preview_pngs(self, step: Step, rows: list[int]) -> list[bytes | None]:
+        """PNG previews of the given batch rows (None each when the preview fails: never fail a job for one)."""
         from sdxl.preview import LatentPreviewer
 
         vae = step.pipe.vae
         if self._previewer is None or self._previewer[0] is not vae:
             self._previewer = (vae, LatentPreviewer.for_pipeline(step.pipe))  # a tiny VAE when there is one
+        shown = step.denoised if step.denoised is not None else step.latents
         try:
-            image = self._previewer[1](step.latents[:1])[0]
-        except (ValueError, RuntimeError) as err:  # a preview is a nicety: never fail the job for one
+            images = self._previewer[1](shown[rows])
+        except (ValueError, RuntimeError) as err:
             logger.warning("no preview: %s", err)
-            return None
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
+            return [None] * len(rows)
+        out = []
+        for image in images:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            out.append(buffer.getvalue())
+        return out
 
     def _save(self, job_id: str, results: list) -> dict:
         folder = self.data.images(job_id)
@@ -204,7 +241,9 @@ class Worker:
         images = []
         for i, result in enumerate(results):
             save_png(result.image, self.data.image(job_id, i), result.params)
-            images.append({**asdict(result.params), "infotext": format_parameters(result.params)})
+            # the image's own size: with the hires fix the parameters keep the first pass's, as A1111 records them
+            images.append({**asdict(result.params), "infotext": format_parameters(result.params),
+                           "image_size": list(result.image.size)})
         return {"images": images}
 
 
