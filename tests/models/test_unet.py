@@ -176,7 +176,8 @@ def test_call_forms():
         ({"class_labels": torch.zeros(2)}, "class_labels"),
         ({"attention_mask": torch.ones(2, 7)}, "attention_mask"),
         ({"controlnet_cond": torch.zeros(1)}, "controlnet_cond"),
-        ({"cross_attention_kwargs": {"scale": 0.5}}, "cross_attention_kwargs"),
+        ({"cross_attention_kwargs": {"gligen": 0.5}}, "cross_attention_kwargs"),
+        ({"cross_attention_kwargs": {"scale": "big"}}, "must be a number"),
     ],
 )
 def test_unsupported_forward_kwargs_are_type_errors(kwargs, match):

@@ -28,6 +28,7 @@ from .layers import (
     config_to_dict,
     timestep_embedding,
 )
+from .lora import call_scale, check_cross_attention_kwargs
 
 _CLASS_NAME = "UNet2DConditionModel"
 _DOWN_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -397,11 +398,7 @@ class UNet2DConditionModel(ConfiguredModel):
                 raise TypeError(f"UNet2DConditionModel.forward() got an unexpected keyword argument {key!r}")
             if value is not None:
                 raise TypeError(f"UNet2DConditionModel.forward(): {key} is not supported by sdxl (pass None)")
-        if cross_attention_kwargs:
-            raise TypeError(
-                f"UNet2DConditionModel.forward(): cross_attention_kwargs {dict(cross_attention_kwargs)!r} are not "
-                "supported (sdxl applies LoRA scales to the weights, not through forward)"
-            )
+        lora_scale = check_cross_attention_kwargs(cross_attention_kwargs)
         if added_cond_kwargs is not None:
             if not isinstance(added_cond_kwargs, Mapping):
                 raise TypeError(f"added_cond_kwargs must be a dict, got {type(added_cond_kwargs).__name__}")
@@ -414,7 +411,8 @@ class UNet2DConditionModel(ConfiguredModel):
         if not torch.is_tensor(timestep):
             # diffusers makes an int64/float64 tensor that the embedding casts to float32: same values.
             timestep = torch.full((sample.shape[0],), timestep, dtype=torch.float32, device=sample.device)
-        out = self.predict(sample, timestep, encoder_hidden_states, text_embeds, time_ids, timestep_cond)
+        with call_scale(self, lora_scale):
+            out = self.predict(sample, timestep, encoder_hidden_states, text_embeds, time_ids, timestep_cond)
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
     def predict(

@@ -230,6 +230,7 @@ def denoise(
     model_input_hook: Callable[[torch.Tensor, dict], torch.Tensor] | None = None,
     after_step_hook: Callable[[int, torch.Tensor, torch.Tensor, dict], torch.Tensor] | None = None,
     begin_index: int = 0,
+    cross_attention_kwargs: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Run the sampler over `timesteps`; return the final latents.
 
@@ -241,6 +242,8 @@ def denoise(
     callback can change them, as with diffusers.
     """
     unet, scheduler = pipe.unet, pipe.scheduler
+    # only when given: UNets written against diffusers' older signatures (and test stand-ins) need not take it
+    unet_kwargs = {"cross_attention_kwargs": cross_attention_kwargs} if cross_attention_kwargs else {}
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin_index)
     order = getattr(scheduler, "order", 1)
@@ -259,7 +262,7 @@ def denoise(
             added_cond = {"text_embeds": state["add_text_embeds"], "time_ids": state["add_time_ids"]}
             noise_pred = unet(
                 model_input, t, encoder_hidden_states=state["prompt_embeds"], added_cond_kwargs=added_cond,
-                return_dict=False,
+                return_dict=False, **unet_kwargs,
             )[0]
             if do_cfg:
                 noise_pred = classifier_free_guidance(noise_pred, pipe.guidance_scale, pipe.guidance_rescale)

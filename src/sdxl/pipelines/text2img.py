@@ -14,6 +14,7 @@ import torch
 
 from sdxl.image import VaeImageProcessor, check_output_type, postprocess
 from sdxl.loading.weights import load_file
+from sdxl.models.lora import check_cross_attention_kwargs
 from sdxl.pipelines.base import DiffusionPipeline, PipelineOutput
 from sdxl.pipelines.denoise import (
     CALLBACK_TENSOR_INPUTS,
@@ -29,6 +30,7 @@ from sdxl.pipelines.denoise import (
     scheduler_step_kwargs,
     steps_before_denoising_end,
 )
+from sdxl.pipelines.lora import LoraLoaderMixin, with_prompt_loras
 from sdxl.prompts.embeddings import add_textual_inversion
 from sdxl.prompts.encode import check_prompt_inputs, encode_prompt, prompt_batch_size
 from sdxl.prompts.micro import base_time_ids, time_ids_tensor
@@ -60,7 +62,7 @@ class StableDiffusionXLPipelineOutput(PipelineOutput):
     """`images`: list of PIL images, (B, H, W, 3) float32 array, or tensor, per `output_type`."""
 
 
-class StableDiffusionXLPipeline(DiffusionPipeline):
+class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
     """Stable Diffusion XL text-to-image.
 
     Components: `vae`, `text_encoder` (CLIP ViT-L), `text_encoder_2` (OpenCLIP ViT-bigG with projection), their
@@ -160,19 +162,18 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds), as
         diffusers' method of the same name (see `sdxl.prompts.encode.encode_prompt`); `prompt_syntax` and
         `long_prompts` as in `__call__`."""
-        if lora_scale is not None:
-            raise ValueError("`lora_scale` is not supported yet: sdxl has no LoRA support.")
-        return encode_prompt(
-            tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-            tokenizer_2=self.tokenizer_2, text_encoder_2=self.text_encoder_2,
-            prompt=prompt, prompt_2=prompt_2, device=device or self.device,
-            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_classifier_free_guidance,
-            negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            clip_skip=clip_skip, force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
-            dtype=self.unet.dtype, prompt_syntax=prompt_syntax, long_prompts=long_prompts,
-        )
+        with self.lora_call_scale(lora_scale, ("text_encoder", "text_encoder_2")):
+            return encode_prompt(
+                tokenizer=self.tokenizer, text_encoder=self.text_encoder,
+                tokenizer_2=self.tokenizer_2, text_encoder_2=self.text_encoder_2,
+                prompt=prompt, prompt_2=prompt_2, device=device or self.device,
+                num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_classifier_free_guidance,
+                negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                clip_skip=clip_skip, force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
+                dtype=self.unet.dtype, prompt_syntax=prompt_syntax, long_prompts=long_prompts,
+            )
 
     def load_textual_inversion(
         self,
@@ -283,6 +284,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
     # ---- the call ---------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @with_prompt_loras
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -318,6 +320,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         prompt_syntax: str | None = None,
         long_prompts: bool = False,
+        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
         """Generate images from text; arguments, defaults and results as diffusers' `StableDiffusionXLPipeline`.
 
@@ -374,6 +377,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
             negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
             pooled_prompt_embeds, negative_pooled_prompt_embeds, clip_skip=clip_skip,
             prompt_syntax=prompt_syntax, long_prompts=long_prompts,
+            lora_scale=check_cross_attention_kwargs(cross_attention_kwargs),
         )
 
         # 4. initial noise, in the prompt dtype (the pipeline's)
@@ -412,6 +416,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline):
             progress_total=num_inference_steps,
             step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
             callback_on_step_end=callback_on_step_end,
+            cross_attention_kwargs=cross_attention_kwargs,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
 
