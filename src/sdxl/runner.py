@@ -127,12 +127,13 @@ class Runner:
 
     `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars. `resolve` maps the model
     names in `GenerationParams` to what is loaded (a folder, a `.safetensors` file, a hub id or a demo alias); by
-    default a name is its own source.
+    default a name is its own source. LoRA names are files or names in `lora_dir`, or whatever `resolve_lora`
+    (name -> file path) accepts when given (the server allows names inside its LoRA folder only).
     """
 
     def __init__(
         self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True, resolve: Callable[[str], str] = str,
-        lora_dir: Any = None,
+        lora_dir: Any = None, resolve_lora: Callable[[str], Any] | None = None,
     ):
         import torch
 
@@ -141,6 +142,7 @@ class Runner:
         self.quiet = quiet
         self.resolve = resolve
         self.lora_dir = lora_dir  # where LoRA names (<lora:NAME:W> tags, params.loras) are looked up
+        self.resolve_lora = resolve_lora
         self._base: tuple[str, Any] | None = None
         self._refiner: tuple[str, Any] | None = None
 
@@ -308,7 +310,7 @@ class Runner:
         loaded = pipe.get_list_adapters()
         names, weights, hashes = [], [], []
         for name, weight in chosen:
-            path = find_lora(name, self.lora_dir)
+            path = self.resolve_lora(name) if self.resolve_lora else find_lora(name, self.lora_dir)
             adapter = path.stem
             if not any(adapter in v for v in loaded.values()):
                 pipe.load_lora_weights(path, adapter_name=adapter)
