@@ -109,3 +109,8 @@ def test_an_empty_base_pool_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"base_pool must be at least 1 sample \(--base-pool\), got 0"):
         train(tmp_path / "run", settings=dataclasses.replace(Settings.quick(), base_pool=0))
     assert not (tmp_path / "run").exists()
+
+
+def test_training_leaves_denormals_on_for_the_rest_of_the_process(trained):
+    """Flush-to-zero speeds training up but is process-wide: it is switched off again when training ends."""
+    assert (torch.tensor([1e-39]) * torch.tensor([1.0])).item() != 0.0

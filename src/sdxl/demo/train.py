@@ -410,12 +410,17 @@ def train(out: str | Path, *, seed: int = 0, device: str = "cpu", settings: Sett
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    torch.set_flush_denormal(True)  # CPU: denormal floats (tiny gradients) otherwise slow training down 10x+
-    t0 = time.perf_counter()
-    vae, vae_log = train_vae(settings, seed, dev)
-    te1, te2, unet, base_log = train_base(settings, seed, dev, vae)
-    refiner, refiner_log = train_refiner(settings, seed, dev, vae, te2)
-    save(out, vae, te1, te2, unet, refiner)
+    # CPU: denormal floats (tiny gradients) otherwise slow training down 10x+. Only while training: flush-to-zero is
+    # process-wide, and left on it changes every later float computation of the process (torch's default is off).
+    torch.set_flush_denormal(True)
+    try:
+        t0 = time.perf_counter()
+        vae, vae_log = train_vae(settings, seed, dev)
+        te1, te2, unet, base_log = train_base(settings, seed, dev, vae)
+        refiner, refiner_log = train_refiner(settings, seed, dev, vae, te2)
+        save(out, vae, te1, te2, unet, refiner)
+    finally:
+        torch.set_flush_denormal(False)
     log = {
         "seed": seed, "device": str(dev), "threads": torch.get_num_threads(), "settings": dataclasses.asdict(settings),
         "vae": vae_log, "base": base_log, "refiner": refiner_log, "total_seconds": time.perf_counter() - t0,
