@@ -17,6 +17,8 @@ import functools
 import gzip
 import json
 import logging
+import os
+import re
 from collections import UserDict
 from importlib import resources
 from pathlib import Path
@@ -82,6 +84,29 @@ class BatchEncoding(UserDict):
         """Move tensor fields to `device` (as transformers' BatchEncoding.to)."""
         self.data = {k: v.to(device) if hasattr(v, "to") else v for k, v in self.data.items()}
         return self
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def _hub_folder(
+    repo_id: str, subfolder: str | None, cache_dir: Any, revision: str | None, local_files_only: bool
+) -> Path:
+    """The cached snapshot folder holding a hub repository's tokenizer files (downloaded unless offline)."""
+    from huggingface_hub import snapshot_download
+
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    try:
+        root = snapshot_download(
+            repo_id, allow_patterns=[f"{prefix}*.json", f"{prefix}*.txt"], cache_dir=cache_dir, revision=revision,
+            local_files_only=offline,
+        )
+    except Exception as e:  # huggingface_hub's offline/not-found errors all mean: no such tokenizer here
+        raise FileNotFoundError(
+            f"Tokenizer {repo_id!r} is neither a local folder nor in the Hugging Face cache ({type(e).__name__}: {e})."
+        ) from e
+    return Path(root) / subfolder if subfolder else Path(root)
 
 
 class CLIPTokenizer:
@@ -170,13 +195,20 @@ class CLIPTokenizer:
         *,
         pad_token: str | None = None,
         model_max_length: int | None = None,
+        cache_dir: str | Path | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
     ) -> CLIPTokenizer:
-        """Load a local tokenizer folder: `tokenizer.json` (transformers 5) or vocab.json + merges.txt (hub layout).
+        """Load a tokenizer folder: `tokenizer.json` (transformers 5) or vocab.json + merges.txt (hub layout), from a
+        local path or a hub id ("org/name", through huggingface_hub's cache; `cache_dir`, `revision`,
+        `local_files_only` and HF_HUB_OFFLINE as in transformers).
 
         tokenizer_config.json / special_tokens_map.json, when present, give the special tokens (e.g. `pad_token`
         "!" for SDXL's second tokenizer) and `model_max_length` (77 if absent); keyword arguments override them.
         """
         folder = Path(path) / subfolder if subfolder else Path(path)
+        if not folder.is_dir() and _HUB_ID.fullmatch(str(path)):
+            folder = _hub_folder(str(path), subfolder, cache_dir, revision, local_files_only)
         if not folder.is_dir():
             raise FileNotFoundError(f"Tokenizer folder {str(folder)!r} does not exist (expected a local directory).")
         config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}

@@ -16,8 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Transformer2DModel
+from .attention_processor import AttentionProcessorsMixin, IPAdapterContext
 from .base import ConfiguredModel
-from .layers import Downsample2D, ModelOutput, ResnetBlock2D, TimestepEmbedding, Upsample2D, timestep_embedding
+from .layers import (
+    Downsample2D,
+    ModelOutput,
+    ResnetBlock2D,
+    TimestepEmbedding,
+    Upsample2D,
+    build_config,
+    timestep_embedding,
+)
+from .unet_adapters import UNetAdaptersMixin
 from .unet_blocks import DownBlock, MidBlock, UpBlock
 from .unet_config import UNetConfig
 
@@ -33,6 +43,9 @@ _UNSUPPORTED_FORWARD_KWARGS = frozenset(
         "down_intrablock_additional_residuals",
     }
 )
+_ADDED_COND_KEYS = frozenset({"text_embeds", "time_ids", "image_embeds"})
+# `scale` is the LoRA scale diffusers reads here (no effect without LoRA layers); the masks go to IP-Adapter layers.
+_CROSS_ATTENTION_KWARGS = frozenset({"scale", "ip_adapter_masks"})
 
 
 @dataclass
@@ -43,11 +56,18 @@ class UNet2DConditionOutput(ModelOutput):
 
 
 
-class UNet2DConditionModel(ConfiguredModel):
-    """The SDXL denoising UNet (base, refiner or inpainting, from `UNetConfig`), diffusers' keys and call forms."""
+class UNet2DConditionModel(UNetAdaptersMixin, AttentionProcessorsMixin, ConfiguredModel):
+    """The SDXL denoising UNet (base, refiner or inpainting, from `UNetConfig`), diffusers' keys and call forms.
 
-    def __init__(self, config: UNetConfig):
+    Built from a `UNetConfig`, a config.json dict, or diffusers' keyword arguments
+    (`UNet2DConditionModel(block_out_channels=(32, 64), ...)`); a fresh model gets diffusers' random weights for the
+    same `torch.manual_seed` (modules are built in diffusers' order). Adapters and switches (IP-Adapter, FreeU,
+    attention processors, fused projections) are in `unet_adapters.py` / `attention_processor.py`.
+    """
+
+    def __init__(self, config: UNetConfig | Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__()
+        config = build_config(UNetConfig, config, kwargs, "UNet2DConditionModel")
         self.config = config
         ch = config.block_out_channels
         n = len(ch)
@@ -66,49 +86,44 @@ class UNet2DConditionModel(ConfiguredModel):
 
         self.conv_in = nn.Conv2d(config.in_channels, ch[0], config.conv_in_kernel, padding=config.conv_in_kernel // 2)
         self.time_embedding = TimestepEmbedding(ch[0], temb_dim, cond_proj_dim=config.time_cond_proj_dim)
+        self.encoder_hid_proj = None  # IP-Adapter image projections, set by _load_ip_adapter_weights
         self.add_embedding = None
         if config.addition_embed_type == "text_time":
             self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, temb_dim)
 
+        # Registered down, up, then mid (diffusers' order: `attn_processors` and IP-Adapter weight ids follow it);
+        # built down, mid, then up, each resnet before its transformer (diffusers' order: same random weights).
         self.down_blocks = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
         c_out = ch[0]
         for i, kind in enumerate(config.down_block_types):
             c_in, c_out = c_out, ch[i]
-            attn = kind == "CrossAttnDownBlock2D"
-            self.down_blocks.append(
-                DownBlock(
-                    [resnet(c_in if j == 0 else c_out, c_out) for j in range(layers[i])],
-                    [transformer(c_out, heads[i], depth[i], cross_dim[i]) for _ in range(layers[i])] if attn else None,
-                    Downsample2D(c_out, padding=config.downsample_padding) if i < n - 1 else None,
-                )
-            )
+            resnets, attentions = [], []
+            for j in range(layers[i]):
+                resnets.append(resnet(c_in if j == 0 else c_out, c_out))
+                if kind == "CrossAttnDownBlock2D":
+                    attentions.append(transformer(c_out, heads[i], depth[i], cross_dim[i]))
+            down = Downsample2D(c_out, padding=config.downsample_padding) if i < n - 1 else None
+            self.down_blocks.append(DownBlock(resnets, attentions or None, down))
 
         scale = config.mid_block_scale_factor
-        self.mid_block = MidBlock(
-            [resnet(ch[-1], ch[-1], scale), resnet(ch[-1], ch[-1], scale)],
-            [transformer(ch[-1], heads[-1], depth[-1], cross_dim[-1])],
-        )
+        first = resnet(ch[-1], ch[-1], scale)
+        mid_attention = transformer(ch[-1], heads[-1], depth[-1], cross_dim[-1])
+        self.mid_block = MidBlock([first, resnet(ch[-1], ch[-1], scale)], [mid_attention])
 
-        self.up_blocks = nn.ModuleList()
         rev_ch, rev_heads, rev_layers = ch[::-1], heads[::-1], layers[::-1]
         rev_depth, rev_cross = depth[::-1], cross_dim[::-1]
         c_out = rev_ch[0]
         for i, kind in enumerate(config.up_block_types):
             c_prev, c_out, c_skip_in = c_out, rev_ch[i], rev_ch[min(i + 1, n - 1)]
             num = rev_layers[i] + 1
-            attn = kind == "CrossAttnUpBlock2D"
-            self.up_blocks.append(
-                UpBlock(
-                    [
-                        resnet((c_prev if j == 0 else c_out) + (c_skip_in if j == num - 1 else c_out), c_out)
-                        for j in range(num)
-                    ],
-                    [transformer(c_out, rev_heads[i], rev_depth[i], rev_cross[i]) for _ in range(num)]
-                    if attn
-                    else None,
-                    Upsample2D(c_out) if i < n - 1 else None,
-                )
-            )
+            resnets, attentions = [], []
+            for j in range(num):
+                resnets.append(resnet((c_prev if j == 0 else c_out) + (c_skip_in if j == num - 1 else c_out), c_out))
+                if kind == "CrossAttnUpBlock2D":
+                    attentions.append(transformer(c_out, rev_heads[i], rev_depth[i], rev_cross[i]))
+            up = Upsample2D(c_out) if i < n - 1 else None
+            self.up_blocks.append(UpBlock(resnets, attentions or None, up, resolution_idx=i))
 
         self.conv_norm_out = nn.GroupNorm(groups, ch[0], eps=eps)
         self.conv_out = nn.Conv2d(
@@ -133,32 +148,41 @@ class UNet2DConditionModel(ConfiguredModel):
         "time_ids": ...}).sample` or `(..., return_dict=False)[0]`; or pass `text_embeds=`/`time_ids=` directly.
 
         sample (B, in_channels, H, W); timestep a number, a 0-dim or (B,) tensor; encoder_hidden_states
-        (B, T, cross_attention_dim); text_embeds (B, pooled dim); time_ids (B, n_ids). This is a shim that
-        checks the diffusers-only arguments and calls `predict`.
+        (B, T, cross_attention_dim); text_embeds (B, pooled dim); time_ids (B, n_ids); with an IP-Adapter loaded,
+        added_cond_kwargs["image_embeds"] and optionally cross_attention_kwargs={"ip_adapter_masks": [...]}.
+        `cross_attention_kwargs["scale"]` (diffusers' LoRA scale) is accepted. This is a shim that checks the
+        diffusers-only arguments and calls `predict`.
         """
         for key, value in diffusers_kwargs.items():
             if key not in _UNSUPPORTED_FORWARD_KWARGS:
                 raise TypeError(f"UNet2DConditionModel.forward() got an unexpected keyword argument {key!r}")
             if value is not None:
                 raise TypeError(f"UNet2DConditionModel.forward(): {key} is not supported by sdxl (pass None)")
-        if cross_attention_kwargs:
+        cross_attention_kwargs = dict(cross_attention_kwargs or {})
+        unknown = sorted(set(cross_attention_kwargs) - _CROSS_ATTENTION_KWARGS)
+        if unknown:
             raise TypeError(
-                f"UNet2DConditionModel.forward(): cross_attention_kwargs {dict(cross_attention_kwargs)!r} are not "
-                "supported (sdxl applies LoRA scales to the weights, not through forward)"
+                f"UNet2DConditionModel.forward(): cross_attention_kwargs keys {unknown} are not supported "
+                f"(sdxl takes {sorted(_CROSS_ATTENTION_KWARGS)})"
             )
+        image_embeds = None
         if added_cond_kwargs is not None:
             if not isinstance(added_cond_kwargs, Mapping):
                 raise TypeError(f"added_cond_kwargs must be a dict, got {type(added_cond_kwargs).__name__}")
-            unknown = sorted(set(added_cond_kwargs) - {"text_embeds", "time_ids"})
+            unknown = sorted(set(added_cond_kwargs) - _ADDED_COND_KEYS)
             if unknown:
-                raise TypeError(f"added_cond_kwargs keys {unknown} are not supported (only text_embeds, time_ids)")
+                raise TypeError(f"added_cond_kwargs keys {unknown} are not supported (only {sorted(_ADDED_COND_KEYS)})")
             if text_embeds is not None or time_ids is not None:
                 raise TypeError("give text_embeds/time_ids either in added_cond_kwargs or as keywords, not both")
             text_embeds, time_ids = added_cond_kwargs.get("text_embeds"), added_cond_kwargs.get("time_ids")
+            image_embeds = added_cond_kwargs.get("image_embeds")
         if not torch.is_tensor(timestep):
             # diffusers makes an int64/float64 tensor that the embedding casts to float32: same values.
             timestep = torch.full((sample.shape[0],), timestep, dtype=torch.float32, device=sample.device)
-        out = self.predict(sample, timestep, encoder_hidden_states, text_embeds, time_ids, timestep_cond)
+        out = self.predict(
+            sample, timestep, encoder_hidden_states, text_embeds, time_ids, timestep_cond,
+            image_embeds=image_embeds, ip_adapter_masks=cross_attention_kwargs.get("ip_adapter_masks"),
+        )
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
     def predict(
@@ -169,10 +193,15 @@ class UNet2DConditionModel(ConfiguredModel):
         text_embeds: torch.Tensor | None = None,
         time_ids: torch.Tensor | None = None,
         timestep_cond: torch.Tensor | None = None,
+        *,
+        image_embeds: list[torch.Tensor] | None = None,
+        ip_adapter_masks: list[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """The model output (epsilon or v) from explicit tensors: sample (B, C, H, W), timesteps 0-dim, (1,)
-        or (B,), context (B, T, D), text_embeds (B, P) and time_ids (B, n_ids) for 'text_time' models."""
+        or (B,), context (B, T, D), text_embeds (B, P) and time_ids (B, n_ids) for 'text_time' models;
+        image_embeds (one (B, n_images, ...) tensor per loaded IP-Adapter) and their optional masks."""
         cfg = self.config
+        context = self._ip_adapter_context(context, image_embeds, ip_adapter_masks)
         batch = sample.shape[0]
         if cfg.center_input_sample:
             sample = 2 * sample - 1.0
@@ -214,6 +243,21 @@ class UNet2DConditionModel(ConfiguredModel):
 
         # 6. out
         return self.conv_out(F.silu(self.conv_norm_out(h)))  # (B, out_channels, H, W)
+
+    def _ip_adapter_context(
+        self, context: torch.Tensor, image_embeds: list[torch.Tensor] | None, masks: list[Any] | None
+    ) -> torch.Tensor | IPAdapterContext:
+        """The text context, or with IP-Adapters loaded an `IPAdapterContext` holding the projected image tokens."""
+        if self.encoder_hid_proj is None:
+            if image_embeds is not None:
+                raise ValueError("image_embeds were given but no IP-Adapter is loaded: call load_ip_adapter() first.")
+            return context
+        if image_embeds is None:
+            raise ValueError(
+                "An IP-Adapter is loaded: pass added_cond_kwargs['image_embeds'] (a list with one (B, n_images, ...) "
+                "tensor per adapter), or unload_ip_adapter()."
+            )
+        return IPAdapterContext(context, self.encoder_hid_proj(image_embeds), masks)
 
     def _check_added_cond(self, text_embeds: torch.Tensor | None, time_ids: torch.Tensor | None) -> None:
         if text_embeds is None or time_ids is None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .layers import config_from_dict, config_to_dict
+from .layers import ConfigMapping, config_from_dict, config_to_dict
 
 _CLASS_NAME = "UNet2DConditionModel"
 _DOWN_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D")
@@ -53,8 +53,10 @@ def _as_tuple(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(ConfigMapping):
     """UNet2DConditionModel config; field names are the diffusers config.json keys, defaults diffusers' defaults.
+
+    Reads as a dict too (`config["block_out_channels"]`, `config.get(...)`), as diffusers' FrozenDict.
 
     Note the diffusers naming quirk: `attention_head_dim` is the NUMBER OF HEADS per level (diffusers reads it
     as `num_attention_heads` when that key is None, which it always is); the head size is channels // heads.

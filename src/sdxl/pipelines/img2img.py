@@ -58,13 +58,16 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
         tokenizer_2: Any,
         unet: Any,
         scheduler: Any,
+        image_encoder: Any = None,
+        feature_extractor: Any = None,
         requires_aesthetics_score: bool = False,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
         super().__init__(
-            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
+            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
+            feature_extractor, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
         )
         self.register_to_config(requires_aesthetics_score=requires_aesthetics_score)
         self._denoising_start = None
@@ -137,8 +140,11 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         guidance_rescale: float = 0.0,
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
@@ -181,11 +187,13 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
         self.check_img2img_inputs(image, strength, denoising_start, denoising_end)
+        self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._clip_skip = clip_skip
         self._denoising_end = denoising_end
         self._denoising_start = denoising_start
+        self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         batch_size = prompt_batch_size(prompt, prompt_embeds) * num_images_per_prompt
         device = self.device
@@ -239,6 +247,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
             negative_crops_coords_top_left=negative_crops_coords_top_left,
             negative_target_size=negative_target_size,
         )
+        state.update(self._denoiser_extras(ip_adapter_image, ip_adapter_image_embeds, batch_size, device, dtype))
 
         # 7. denoise
         self._num_timesteps = len(timesteps)

@@ -64,13 +64,16 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
         tokenizer_2: Any,
         unet: Any,
         scheduler: Any,
+        image_encoder: Any = None,
+        feature_extractor: Any = None,
         requires_aesthetics_score: bool = False,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
         super().__init__(
-            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
+            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
+            feature_extractor, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
         )
         self.register_to_config(requires_aesthetics_score=requires_aesthetics_score)
         self.mask_processor = VaeImageProcessor(
@@ -303,8 +306,11 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         guidance_rescale: float = 0.0,
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
@@ -348,6 +354,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
+        self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         self.check_inpaint_inputs(
             image, mask_image, masked_image_latents, strength, padding_mask_crop, output_type, denoising_start,
             denoising_end,
@@ -357,6 +364,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
         self._clip_skip = clip_skip
         self._denoising_end = denoising_end
         self._denoising_start = denoising_start
+        self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         batch_size = prompt_batch_size(prompt, prompt_embeds) * num_images_per_prompt
         device = self.device
@@ -437,6 +445,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
             mask = torch.cat([mask] * 2)
             masked_latents = torch.cat([masked_latents] * 2) if masked_latents is not None else None
         state.update(mask=mask, masked_image_latents=masked_latents)
+        state.update(self._denoiser_extras(ip_adapter_image, ip_adapter_image_embeds, batch_size, device, dtype))
 
         # 7. denoise: 9 channels stack [latents, mask, masked-image latents]; 4 channels blend after each step
         model_input_hook = after_step_hook = None
