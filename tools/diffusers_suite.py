@@ -40,19 +40,15 @@ TOKENIZER_REPO = "hf-internal-testing/tiny-random-clip"
 TOKENIZER_VOCAB = 1000
 FAKE_COMMIT = "0" * 40
 
-IMPORT_BLOCK = re.compile(r"^from (diffusers(?:\.[\w.]+)?|transformers) import (\([^)]*\)|[^\n]*)", re.M)
+IMPORT_BLOCK = re.compile(r"^from (diffusers(?:\.[\w.]+)?|transformers) import (\([^)]*\)|[^\n]*)", re.MULTILINE)
 
 
 def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
+    """GPT-2/CLIP's byte -> printable-unicode table (the one tests/reference.py writes vocabularies with)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from reference import _bytes_to_unicode as table
+
+    return list(table().values())
 
 
 def write_stand_in_tokenizer(folder: Path) -> None:
@@ -73,8 +69,12 @@ def write_stand_in_tokenizer(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-               "pad_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(special))
     config = {**special, "model_max_length": 77, "tokenizer_class": "CLIPTokenizer", "do_lower_case": True}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
@@ -120,15 +120,21 @@ def sdxl_names() -> set[str]:
     return set(sdxl.__all__)
 
 
+def _summary_part(log: str) -> str:
+    """From pytest's short test summary on (the counts line is the last line)."""
+    start = log.rfind("short test summary info")
+    return log[start:] if start >= 0 else log
+
+
 def parse_summary(log: str) -> dict:
     counts = {}
     for key in ("passed", "failed", "skipped", "error", "errors"):
-        m = re.findall(rf"(\d+) {key}\b", log.splitlines()[-1] if log.strip() else "")
+        m = re.findall(rf"(\d+) {key}\b", log.strip().splitlines()[-1] if log.strip() else "")
         if m:
             counts["errors" if key == "error" else key] = int(m[-1])
-    failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", log, re.M)))
+    failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", log, re.MULTILINE)))
     skips: dict[str, int] = {}
-    for n, reason in re.findall(r"^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$", log, re.M):
+    for n, reason in re.findall(r"^SKIPPED \[(\d+)\] [^:]+:\d+: (.*)$", log, re.MULTILINE):
         skips[reason] = skips.get(reason, 0) + int(n)
     return {"counts": counts, "failed": failed, "skip_reasons": skips}
 
@@ -139,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("sdxl", "diffusers"), default="sdxl")
     parser.add_argument("--workdir", type=Path, required=True, help="scratch folder (outside this repository)")
     parser.add_argument("--json", type=Path, help="write the counts and failing ids here")
+    parser.add_argument(
+        "--compare", type=Path, help="the --json of a --backend diffusers run: failures it shares are marked"
+    )
     parser.add_argument("-k", default=None, help="pytest -k expression (a subset)")
     parser.add_argument("--timeout", type=int, default=3600)
     args = parser.parse_args(argv)
@@ -166,16 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.k:
         cmd += ["-k", args.k]
     print("running:", " ".join(cmd), f"(in {args.workdir})", flush=True)
-    proc = subprocess.run(cmd, cwd=args.workdir, env=env, capture_output=True, text=True, timeout=args.timeout)
-    log = proc.stdout + proc.stderr
-    (args.workdir / f"pytest-{args.backend}.log").write_text(log)
-    result = {"backend": args.backend, **parse_summary(proc.stdout)}
+    log_path = args.workdir / f"pytest-{args.backend}.log"
+    with log_path.open("w") as log:  # streamed, so a long run can be followed with `tail -f`
+        subprocess.run(
+            cmd, cwd=args.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout, check=False
+        )
+    result = {"backend": args.backend, **parse_summary(_summary_part(log_path.read_text()))}
     print(json.dumps(result["counts"]), "\nskipped by reason:")
     for reason, n in sorted(result["skip_reasons"].items(), key=lambda x: -x[1]):
         print(f"  {n:4d}  {reason}")
+    shared = set(json.loads(args.compare.read_text())["failed"]) if args.compare else set()
     print("failed:" if result["failed"] else "failed: none")
     for test_id in result["failed"]:
-        print("  ", test_id)
+        print("  ", test_id, "(fails with diffusers too)" if test_id in shared else "")
+    if args.compare:
+        result["failed_with_diffusers_too"] = sorted(shared & set(result["failed"]))
+        print(f"{len(set(result['failed']) - shared)} failures that diffusers itself does not have in this harness")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

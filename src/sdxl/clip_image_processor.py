@@ -90,7 +90,9 @@ class CLIPImageProcessor:
         return folder
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None, **kwargs: Any) -> CLIPImageProcessor:
+    def from_pretrained(
+        cls, path: str | os.PathLike, subfolder: str | None = None, **kwargs: Any
+    ) -> CLIPImageProcessor:
         """Read preprocessor_config.json from a local folder (or its `subfolder`); keywords override it."""
         folder = Path(path) / subfolder if subfolder else Path(path)
         config_file = folder / CONFIG_NAME

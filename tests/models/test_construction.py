@@ -5,26 +5,45 @@ from __future__ import annotations
 
 import dataclasses
 
+import diffusers
 import pytest
 import torch
 import transformers
-
-import diffusers
-import sdxl
 from reference import unet_kwargs
 
-VAE_KWARGS = dict(
-    block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, sample_size=128,
-    down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-)  # fmt: skip
-TEXT_KWARGS = dict(
-    bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-    num_hidden_layers=2, pad_token_id=1, vocab_size=1000, hidden_act="gelu", projection_dim=32,
-)  # fmt: skip
-VISION_KWARGS = dict(
-    hidden_size=32, image_size=28, projection_dim=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-    patch_size=14,
-)  # fmt: skip
+import sdxl
+
+VAE_KWARGS = {
+    "block_out_channels": [32, 64],
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "sample_size": 128,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+}
+TEXT_KWARGS = {
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "layer_norm_eps": 1e-05,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "pad_token_id": 1,
+    "vocab_size": 1000,
+    "hidden_act": "gelu",
+    "projection_dim": 32,
+}
+VISION_KWARGS = {
+    "hidden_size": 32,
+    "image_size": 28,
+    "projection_dim": 32,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "patch_size": 14,
+}
 
 
 def _seeded(build):
@@ -59,8 +78,10 @@ def test_clip_text_from_config_has_transformers_random_weights(name):
     theirs = _seeded(lambda: getattr(transformers, name)(transformers.CLIPTextConfig(**TEXT_KWARGS)))
     ours = _seeded(lambda: getattr(sdxl, name)(sdxl.CLIPTextConfig(**TEXT_KWARGS)))
     # transformers 5 writes CLIPTextModel without the `text_model.` prefix (REFERENCE-NOTES 1)
-    expected = {k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}": v
-                for k, v in theirs.state_dict().items()}  # fmt: skip
+    expected = {
+        k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}": v
+        for k, v in theirs.state_dict().items()
+    }
     _assert_same_weights(ours, expected)
     # a transformers config object and plain keywords build the same model
     from_theirs = _seeded(lambda: getattr(sdxl, name)(transformers.CLIPTextConfig(**TEXT_KWARGS)))

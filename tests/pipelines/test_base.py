@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import sdxl
-from sdxl.watermark import StableDiffusionXLWatermarker
 from sdxl.pipelines.base import PipelineOutput
+from sdxl.watermark import StableDiffusionXLWatermarker
 
 
 def test_components_match_diffusers_names(ours, theirs):

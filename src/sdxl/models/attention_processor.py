@@ -93,7 +93,9 @@ class FusedAttnProcessor2_0(AttnProcessor2_0):
 
 
 # Processors `set_default_attn_processor` may replace (diffusers' CROSS_ATTENTION_PROCESSORS, for what sdxl has).
-REPLACEABLE_PROCESSORS = frozenset({"AttnProcessor", "AttnProcessor2_0", "FusedAttnProcessor2_0", "IPAdapterAttnProcessor2_0"})
+REPLACEABLE_PROCESSORS = frozenset(
+    {"AttnProcessor", "AttnProcessor2_0", "FusedAttnProcessor2_0", "IPAdapterAttnProcessor2_0"}
+)
 
 
 class AttentionProcessorsMixin:
@@ -129,7 +131,8 @@ class AttentionProcessorsMixin:
                 layer.set_processor(processor)
 
     def set_default_attn_processor(self) -> None:
-        """Every layer back to classic attention (`AttnProcessor`), as diffusers: loaded IP-Adapter processors go too."""
+        """Every layer back to classic attention (`AttnProcessor`), as diffusers: loaded IP-Adapter processors go
+        too."""
         names = {type(p).__name__ for p in self.attn_processors.values()}
         unknown = names - REPLACEABLE_PROCESSORS
         if unknown:

@@ -50,7 +50,9 @@ class CLIPConfigMixin(ConfigMapping):
         names = {f.name for f in dataclasses.fields(cls)}
         model_type = d.get("model_type", cls.MODEL_TYPE)
         if model_type != cls.MODEL_TYPE:
-            raise ValueError(f"model_type={model_type!r} is not a {cls.__name__} config (expected {cls.MODEL_TYPE!r}).")
+            raise ValueError(
+                f"model_type={model_type!r} is not a {cls.__name__} config (expected {cls.MODEL_TYPE!r})."
+            )
         kwargs = {}
         for key, value in d.items():
             if key in names:

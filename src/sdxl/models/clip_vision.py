@@ -49,14 +49,28 @@ class CLIPVisionConfig(CLIPConfigMixin):
     @classmethod
     def vit_h(cls) -> CLIPVisionConfig:
         """h94/IP-Adapter `models/image_encoder` (OpenCLIP ViT-H/14), used by the SDXL "vit-h" adapters."""
-        return cls(hidden_size=1280, intermediate_size=5120, projection_dim=1024, num_hidden_layers=32,
-                   num_attention_heads=16, patch_size=14, hidden_act="gelu")  # fmt: skip
+        return cls(
+            hidden_size=1280,
+            intermediate_size=5120,
+            projection_dim=1024,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            patch_size=14,
+            hidden_act="gelu",
+        )
 
     @classmethod
     def vit_bigg(cls) -> CLIPVisionConfig:
         """h94/IP-Adapter `sdxl_models/image_encoder` (OpenCLIP ViT-bigG/14), used by ip-adapter_sdxl.safetensors."""
-        return cls(hidden_size=1664, intermediate_size=8192, projection_dim=1280, num_hidden_layers=48,
-                   num_attention_heads=16, patch_size=14, hidden_act="gelu")  # fmt: skip
+        return cls(
+            hidden_size=1664,
+            intermediate_size=8192,
+            projection_dim=1280,
+            num_hidden_layers=48,
+            num_attention_heads=16,
+            patch_size=14,
+            hidden_act="gelu",
+        )
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CLIPVisionConfig:
@@ -68,7 +82,8 @@ class CLIPVisionConfig(CLIPConfigMixin):
 
 @dataclass
 class CLIPVisionModelOutput(ModelOutput):
-    """`CLIPVisionModelWithProjection` output: `.image_embeds` (also `out[0]`), `.last_hidden_state`, `.hidden_states`."""
+    """`CLIPVisionModelWithProjection` output: `.image_embeds` (also `out[0]`), `.last_hidden_state`,
+    `.hidden_states`."""
 
     image_embeds: torch.Tensor
     last_hidden_state: torch.Tensor
@@ -84,7 +99,11 @@ class CLIPVisionEmbeddings(nn.Module):
         self.image_size = config.image_size
         self.class_embedding = nn.Parameter(torch.randn(config.hidden_size))
         self.patch_embedding = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size, bias=False
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=False,
         )
         self.position_embedding = nn.Embedding((config.image_size // config.patch_size) ** 2 + 1, config.hidden_size)
 

@@ -51,7 +51,9 @@ class IPAdapterFullImageProjection(nn.Module):
 class IPAdapterFaceIDImageProjection(nn.Module):
     """IP-Adapter FaceID: a face-ID embedding (B, D_id) -> `num_tokens` tokens (B, n, D)."""
 
-    def __init__(self, image_embed_dim: int = 1024, cross_attention_dim: int = 1024, mult: int = 1, num_tokens: int = 1):
+    def __init__(
+        self, image_embed_dim: int = 1024, cross_attention_dim: int = 1024, mult: int = 1, num_tokens: int = 1
+    ):
         super().__init__()
         self.num_tokens = num_tokens
         self.cross_attention_dim = cross_attention_dim
@@ -72,7 +74,8 @@ class IPAdapterPlusImageProjectionBlock(nn.Module):
         self.ln1 = nn.LayerNorm(embed_dims)
         self.attn = Attention(embed_dims, heads, dim_head, out_bias=False)
         self.ff = nn.Sequential(
-            nn.LayerNorm(embed_dims), FeedForward(embed_dims, embed_dims, mult=ffn_ratio, activation="gelu", bias=False)
+            nn.LayerNorm(embed_dims),
+            FeedForward(embed_dims, embed_dims, mult=ffn_ratio, activation="gelu", bias=False),
         )
 
     def forward(self, x: torch.Tensor, latents: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -153,7 +156,9 @@ class IPAdapterFaceIDPlusImageProjection(nn.Module):
                 "IP-Adapter FaceID Plus needs the CLIP image features: set "
                 "`unet.encoder_hid_proj.image_projection_layers[i].clip_embeds` before the call (as in diffusers)."
             )
-        id_embeds = self.norm(self.proj(id_embeds.to(self.clip_embeds.dtype)).reshape(-1, self.num_tokens, self.embed_dim))
+        id_embeds = self.norm(
+            self.proj(id_embeds.to(self.clip_embeds.dtype)).reshape(-1, self.num_tokens, self.embed_dim)
+        )
         latents = id_embeds
         clip_embeds = self.proj_in(self.clip_embeds)
         x = clip_embeds.reshape(-1, clip_embeds.shape[2], clip_embeds.shape[3])

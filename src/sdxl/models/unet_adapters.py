@@ -39,12 +39,18 @@ class UNetAdaptersMixin:
                     "An IP-Adapter state dict must hold 'image_proj' and 'ip_adapter' entries (the original "
                     "IP-Adapter layout, e.g. ip-adapter_sdxl.safetensors read with its prefixes split)."
                 )
-        self.encoder_hid_proj = None  # its own attention layers must not receive IP-Adapter processors
-        param = next(self.parameters())  # type: ignore[attr-defined]
-        self.set_attn_processor(ip_attention_processors(self, state_dicts, param.device, param.dtype))  # type: ignore[attr-defined]
         from .ip_adapter import MultiIPAdapterImageProjection
 
+        # build everything first: a bad state dict leaves the UNet as it was
         layers = [image_projection_from_state_dict(sd["image_proj"]) for sd in state_dicts]
+        param = next(self.parameters())  # type: ignore[attr-defined]
+        previous, self.encoder_hid_proj = self.encoder_hid_proj, None  # its attention layers get no IP processors
+        try:
+            processors = ip_attention_processors(self, state_dicts, param.device, param.dtype)
+        except ValueError:
+            self.encoder_hid_proj = previous
+            raise
+        self.set_attn_processor(processors)  # type: ignore[attr-defined]
         self.encoder_hid_proj = MultiIPAdapterImageProjection(layers).to(device=param.device, dtype=param.dtype)
 
     def _load_ip_adapter_loras(self, state_dicts: Any) -> dict:
@@ -74,4 +80,5 @@ class UNetAdaptersMixin:
         """{"<layer>.processor": IPAdapterAttnProcessor2_0} for every layer that has IP-Adapter weights."""
         from .ip_adapter import IPAdapterAttnProcessor2_0
 
-        return {n: p for n, p in self.attn_processors.items() if isinstance(p, IPAdapterAttnProcessor2_0)}  # type: ignore[attr-defined]
+        processors = self.attn_processors  # type: ignore[attr-defined]
+        return {n: p for n, p in processors.items() if isinstance(p, IPAdapterAttnProcessor2_0)}

@@ -30,7 +30,7 @@ from sdxl.pipelines.img2img_common import (
     img2img_timesteps,
     prepare_img2img_latents,
 )
-from sdxl.pipelines.text2img import StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
+from sdxl.pipelines.text2img import IMAGE_MODE_COMPONENTS, StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
 from sdxl.prompts.encode import prompt_batch_size
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
     """
 
     _init_options = ("requires_aesthetics_score", "force_zeros_for_empty_prompt", "add_watermarker")
+    _component_names = IMAGE_MODE_COMPONENTS
 
     def __init__(
         self,

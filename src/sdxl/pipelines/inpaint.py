@@ -11,6 +11,7 @@ Everything else (prompt encoding, guidance, the scheduler loop, the VAE decode) 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,8 +35,10 @@ from sdxl.pipelines.img2img_common import (
     img2img_timesteps,
     repeat_to_batch,
 )
-from sdxl.pipelines.text2img import StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
+from sdxl.pipelines.text2img import IMAGE_MODE_COMPONENTS, StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
 from sdxl.prompts.encode import prompt_batch_size
+
+logger = logging.getLogger(__name__)
 
 # Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL inpainting).
 INPAINT_CALLBACK_TENSOR_INPUTS = (
@@ -53,6 +56,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
     """
 
     _init_options = ("requires_aesthetics_score", "force_zeros_for_empty_prompt", "add_watermarker")
+    _component_names = IMAGE_MODE_COMPONENTS
     _callback_tensor_inputs = INPAINT_CALLBACK_TENSOR_INPUTS
 
     def __init__(
@@ -122,11 +126,10 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
                 "blending) or a 9-channel inpainting UNet (latents + mask + masked-image latents)."
             )
         if masked_image_latents is not None:
-            if in_channels == 4:
-                raise ValueError(
-                    "`masked_image_latents` was given, but this pipeline's UNet has 4 input channels: the base UNet "
-                    "blends latents outside the mask and takes no masked_image_latents. Pass a 9-channel inpainting "
-                    "UNet, or drop `masked_image_latents`."
+            if in_channels == 4:  # diffusers accepts them too (and so does code written for it): say they do nothing
+                logger.warning(
+                    "`masked_image_latents` has no effect with a 4-channel UNet (it blends latents outside the mask); "
+                    "only 9-channel inpainting UNets read it."
                 )
             if not isinstance(masked_image_latents, torch.Tensor) or masked_image_latents.ndim != 4:
                 raise TypeError(
@@ -217,6 +220,11 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLPipeline):
         if is_strength_max:
             return noise * self.scheduler.init_noise_sigma, noise, image_latents
         return self.scheduler.add_noise(image_latents, noise, latent_timestep), noise, image_latents
+
+    def _encode_vae_image(self, image: torch.Tensor, generator: Any) -> torch.Tensor:
+        """Pixels (B, 3, H, W) in [-1, 1] -> scaled latents, one posterior sample each (diffusers' method, which user
+        code calls to make `masked_image_latents`)."""
+        return encode_image_latents(self.vae, image, generator)
 
     def _mask_inputs(
         self,

@@ -99,8 +99,10 @@ class IPAdapterMixin:
         sources = _as_list(pretrained_model_name_or_path_or_dict, len(weight_names))
         subfolders = _as_list(subfolder, len(weight_names))
         if not len(weight_names) == len(sources) == len(subfolders):
-            raise ValueError("`weight_name`, `subfolder` and `pretrained_model_name_or_path_or_dict` need one entry per "
-                             "IP-Adapter (or a single value for all).")  # fmt: skip
+            raise ValueError(
+                "`weight_name`, `subfolder` and `pretrained_model_name_or_path_or_dict` need one entry per "
+                "IP-Adapter (or a single value for all)."
+            )
         state_dicts = []
         for source, name, sub in zip(sources, weight_names, subfolders):
             if isinstance(source, dict):
@@ -185,8 +187,10 @@ class IPAdapterMixin:
         if output_hidden_states:
             hidden = self.image_encoder(image, output_hidden_states=True).hidden_states[-2]
             uncond = self.image_encoder(torch.zeros_like(image), output_hidden_states=True).hidden_states[-2]
-            return (hidden.repeat_interleave(num_images_per_prompt, dim=0),
-                    uncond.repeat_interleave(num_images_per_prompt, dim=0))  # fmt: skip
+            return (
+                hidden.repeat_interleave(num_images_per_prompt, dim=0),
+                uncond.repeat_interleave(num_images_per_prompt, dim=0),
+            )
         embeds = self.image_encoder(image).image_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         return embeds, torch.zeros_like(embeds)
 
@@ -252,7 +256,9 @@ class IPAdapterMixin:
                     "`ip_adapter_image_embeds` has to be a list of 3D or 4D tensors but is "
                     f"{ip_adapter_image_embeds[0].ndim}D"
                 )
-        if (ip_adapter_image is not None or ip_adapter_image_embeds is not None) and self.unet.encoder_hid_proj is None:
+        if (
+            ip_adapter_image is not None or ip_adapter_image_embeds is not None
+        ) and self.unet.encoder_hid_proj is None:
             raise ValueError("IP-Adapter inputs were given but no IP-Adapter is loaded: call load_ip_adapter() first.")
 
 
@@ -260,9 +266,20 @@ class IPAdapterMaskProcessor(VaeImageProcessor):
     """Masks for IP-Adapter regions (diffusers' `IPAdapterMaskProcessor`): `preprocess(masks, height, width)` ->
     (n, 1, H, W) in {0, 1}; reshape to (1, n, H, W) per adapter for `cross_attention_kwargs["ip_adapter_masks"]`."""
 
-    def __init__(self, vae_scale_factor: int = 8, do_normalize: bool = False, do_binarize: bool = True,
-                 do_convert_grayscale: bool = True, **kwargs: Any):  # fmt: skip
-        super().__init__(vae_scale_factor=vae_scale_factor, do_normalize=do_normalize, do_binarize=do_binarize,
-                         do_convert_grayscale=do_convert_grayscale, **kwargs)  # fmt: skip
+    def __init__(
+        self,
+        vae_scale_factor: int = 8,
+        do_normalize: bool = False,
+        do_binarize: bool = True,
+        do_convert_grayscale: bool = True,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            vae_scale_factor=vae_scale_factor,
+            do_normalize=do_normalize,
+            do_binarize=do_binarize,
+            do_convert_grayscale=do_convert_grayscale,
+            **kwargs,
+        )
 
     downsample = staticmethod(downsample_mask)

@@ -55,6 +55,13 @@ def _read_embedding(source: Any, weight_name: str | None) -> Any:
     return load_file(path)
 
 
+# diffusers' img2img and inpaint pipelines list the scheduler after the IP-Adapter parts (text2img before them)
+IMAGE_MODE_COMPONENTS = (
+    "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "image_encoder", "feature_extractor",
+    "scheduler",
+)
+
+
 @dataclass
 class StableDiffusionXLPipelineOutput(PipelineOutput):
     """`images`: list of PIL images, (B, H, W, 3) float32 array, or tensor, per `output_type`."""

@@ -47,5 +47,3 @@ class UNetInputsMixin:
     ) -> torch.Tensor:
         """diffusers' name for `guidance_scale_embedding` (LCM's sinusoidal embedding of w = guidance_scale - 1)."""
         return guidance_scale_embedding(w, embedding_dim, dtype)
-
-
