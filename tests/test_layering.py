@@ -16,7 +16,7 @@ FORBIDDEN = {"diffusers", "transformers", "compel"}
 ALLOWED = {
     "models": {"models", "noise"},
     "schedulers": {"schedulers", "noise"},
-    "tokenizer": set(),
+    "tokenizer": {"tokenizer"},
     "prompts": {"prompts", "models", "tokenizer"},
     "devices": set(),
     "loading": {"loading", "models", "tokenizer", "schedulers", "devices"},
@@ -90,3 +90,10 @@ def test_import_is_light(module):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+
+
+def test_test_file_names_are_unique():
+    """tests/ has no __init__.py files: two test modules with one basename stop pytest at collection."""
+    tests = Path(__file__).resolve().parent
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -48,6 +48,8 @@ _LAZY = {
     "PNDMScheduler": "sdxl.schedulers.pndm",
     "UniPCMultistepScheduler": "sdxl.schedulers.unipc",
     "DEISMultistepScheduler": "sdxl.schedulers.deis",
+    "EDMEulerScheduler": "sdxl.schedulers.edm_euler",
+    "EDMDPMSolverMultistepScheduler": "sdxl.schedulers.edm_dpm_multistep",
     # pipelines
     "DiffusionPipeline": "sdxl.pipelines.base",
     "StableDiffusionXLPipeline": "sdxl.pipelines.text2img",

@@ -31,8 +31,12 @@ def format_parameters(params: GenerationParams) -> str:
         "Size": f"{params.width}x{params.height}",
         "Model": params.model,
     }
+    if params.schedule:  # A1111 writes it right after the sampler
+        settings = _insert_after(settings, "Sampler", "Schedule type", params.schedule)
+    settings.update(_variation_settings(params))
     if params.denoising_strength is not None:
         settings["Denoising strength"] = _format_number(params.denoising_strength)
+    settings.update(_hires_settings(params))
     if params.mask_blur is not None:
         settings["Mask blur"] = str(params.mask_blur)
     if params.padding_mask_crop is not None:  # A1111's "only masked" inpainting
@@ -44,6 +48,33 @@ def format_parameters(params: GenerationParams) -> str:
         settings["Prompt 2"] = _quote(params.prompt_2)
     lines.append(", ".join(f"{key}: {value}" for key, value in settings.items() if value != ""))
     return "\n".join(lines)
+
+
+def _insert_after(settings: dict[str, str], after: str, key: str, value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in settings.items():
+        out[k] = v
+        if k == after:
+            out[key] = value
+    return out
+
+
+def _variation_settings(params: GenerationParams) -> dict[str, str]:
+    """A1111's "Variation seed" and "Variation seed strength" (only when the strength is not 0)."""
+    if not params.subseed_strength:
+        return {}
+    return {"Variation seed": str(params.subseed), "Variation seed strength": _format_number(params.subseed_strength)}
+
+
+def _hires_settings(params: GenerationParams) -> dict[str, str]:
+    """A1111's hires-fix keys: "Hires upscale", "Hires steps" (only when set), "Hires upscaler"."""
+    if params.hires_scale is None:
+        return {}
+    out = {"Hires upscale": _format_number(params.hires_scale)}
+    if params.hires_steps:
+        out["Hires steps"] = str(params.hires_steps)
+    out["Hires upscaler"] = params.hires_upscaler
+    return out
 
 
 def _quote(text: str) -> str:

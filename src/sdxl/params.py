@@ -109,3 +109,102 @@ class GenerationParams:
     # base + refiner ensemble: the refiner's name and the fraction of the schedule where it takes over
     refiner: str = ""
     refiner_switch_at: float | None = None
+    # A1111's "Schedule type" (a label or name of SCHEDULE_TYPES; None or "Automatic": the sampler's own)
+    schedule: str | None = None
+    # hires fix (text-to-image): upscale by hires_scale with hires_upscaler (UPSCALERS), then redraw as image-to-image
+    # with `denoising_strength` for hires_steps steps (0: `steps`); None: no second pass
+    hires_scale: float | None = None
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0
+    # A1111's variation seed: the noise is slerp(subseed_strength, noise(seed + i), noise(subseed + i))
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScheduleType:
+    """One entry of A1111's "Schedule type" menu, as its `/sdapi/v1/schedulers` lists it.
+
+    `name` is what `Scheduler.set_schedule_type` takes (schedulers/schedule_types.py); `label` is what the menu
+    shows and the PNG metadata records ("Schedule type: Karras"); `default_rho` is -1 where the schedule takes no
+    rho; `need_inner_model` marks the schedules computed from the model's training sigmas.
+    """
+
+    name: str
+    label: str
+    aliases: tuple[str, ...] = ()
+    default_rho: float = -1.0
+    need_inner_model: bool = False
+
+    def to_api(self) -> dict:
+        """The `/sdapi/v1/schedulers` item (aliases as a list, or None)."""
+        return {
+            "name": self.name,
+            "label": self.label,
+            "aliases": list(self.aliases) or None,
+            "default_rho": self.default_rho,
+            "need_inner_model": self.need_inner_model,
+        }
+
+
+# A1111 1.10's modules/sd_schedulers.py, in its order. "Automatic" is each sampler's own schedule (here: the
+# scheduler's diffusers config); the rest replace its noise levels (k-diffusion samplers only).
+SCHEDULE_TYPES: tuple[ScheduleType, ...] = (
+    ScheduleType("automatic", "Automatic"),
+    ScheduleType("uniform", "Uniform", need_inner_model=True),
+    ScheduleType("karras", "Karras", default_rho=7.0),
+    ScheduleType("exponential", "Exponential"),
+    ScheduleType("polyexponential", "Polyexponential", default_rho=1.0),
+    ScheduleType("sgm_uniform", "SGM Uniform", aliases=("SGMUniform",), need_inner_model=True),
+    ScheduleType("kl_optimal", "KL Optimal"),
+    ScheduleType("align_your_steps", "Align Your Steps"),
+    ScheduleType("simple", "Simple", need_inner_model=True),
+    ScheduleType("normal", "Normal", need_inner_model=True),
+    ScheduleType("ddim", "DDIM", need_inner_model=True),
+    ScheduleType("beta", "Beta", need_inner_model=True),
+)
+
+
+def find_schedule(name: str | None) -> ScheduleType:
+    """A schedule type by name, label or alias (case-insensitive); None or "" is Automatic."""
+    if not name:
+        return SCHEDULE_TYPES[0]
+    key = name.strip().lower()
+    for schedule in SCHEDULE_TYPES:
+        if key in (schedule.name, schedule.label.lower(), *(a.lower() for a in schedule.aliases)):
+            return schedule
+    valid = ", ".join(repr(s.label) for s in SCHEDULE_TYPES)
+    raise ValueError(f"unknown schedule type {name!r}; choose one of: {valid}")
+
+
+@dataclass(frozen=True)
+class Upscaler:
+    """A hires-fix upscaler as A1111 names it: the latents resized by torch (`mode`, `antialias`), or the decoded
+    image resized by PIL (`mode` "lanczos" or "nearest") and encoded again."""
+
+    name: str
+    space: str  # "latent" or "image"
+    mode: str
+    antialias: bool = False
+
+
+# A1111's latent upscale modes (shared.latent_upscale_modes) and its two PIL upscalers, in its menu's order
+UPSCALERS: tuple[Upscaler, ...] = (
+    Upscaler("Latent", "latent", "bilinear"),
+    Upscaler("Latent (antialiased)", "latent", "bilinear", antialias=True),
+    Upscaler("Latent (bicubic)", "latent", "bicubic"),
+    Upscaler("Latent (bicubic antialiased)", "latent", "bicubic", antialias=True),
+    Upscaler("Latent (nearest)", "latent", "nearest"),
+    Upscaler("Latent (nearest-exact)", "latent", "nearest-exact"),
+    Upscaler("Lanczos", "image", "lanczos"),
+    Upscaler("Nearest", "image", "nearest"),
+)
+
+
+def find_upscaler(name: str) -> Upscaler:
+    """A hires upscaler by its A1111 name (case-insensitive)."""
+    for upscaler in UPSCALERS:
+        if upscaler.name.lower() == name.strip().lower():
+            return upscaler
+    valid = ", ".join(repr(u.name) for u in UPSCALERS)
+    raise ValueError(f"unknown hires upscaler {name!r}; choose one of: {valid}")

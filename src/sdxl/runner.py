@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sdxl.params import GenerationParams, find_sampler, sampler_name
+from sdxl.hires import check_sampling_params, hires_fix, variation_latents
+from sdxl.params import GenerationParams, find_sampler, find_schedule, sampler_name
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +33,7 @@ PIPELINE_CLASSES = {
 REFINER_CLASSES = {TEXT2IMG: IMG2IMG, IMG2IMG: IMG2IMG, INPAINT: INPAINT}
 
 SEED_RANGE = 2**32
+_SEEDS = random.Random()  # its own state: drawing a random seed leaves the global `random` module untouched
 
 
 class Cancelled(Exception):
@@ -43,8 +45,9 @@ class Step:
     """One finished denoising step, as the step callback sees it.
 
     `step` counts UNet steps done in the whole run (base and refiner), `total` the steps the run will take;
-    `latents` are the current (B, C, h, w) latents of the stage `stage` ("base" or "refiner"), whose pipeline is
-    `pipe` (its VAE decodes them).
+    `latents` are the current (B, C, h, w) latents of the stage `stage` ("base", "refiner" or "hires": the hires
+    fix's second pass), whose pipeline is `pipe` (its VAE decodes them); `denoised` is the step's estimate of the
+    finished latents (what a preview should show; the latents themselves where the scheduler gives no estimate).
     """
 
     step: int
@@ -52,6 +55,7 @@ class Step:
     stage: str
     latents: torch.Tensor
     pipe: Any
+    denoised: torch.Tensor | None = None
 
 
 # What a step callback returns: None to go on, "stop" to end denoising here and decode what there is (A1111's
@@ -67,6 +71,37 @@ class GeneratedImage:
     params: GenerationParams
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """A device by name; "auto" picks CUDA, then MPS, then the CPU. ValueError for a name torch does not know or a
+    GPU that is not there."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"{name!r} is not a device name ({err}); try cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} was asked for, but no CUDA GPU is available here; use cpu")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """A dtype by name ("float32", "float16", "bfloat16"); "auto" is float16 on an accelerator, float32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, not {name!r}")
+    return getattr(torch, name)
+
+
 def mode_of(image: Any, mask: Any) -> str:
     """txt2img without an input image, img2img with one, inpaint with an image and a mask."""
     if mask is not None and image is None:
@@ -77,24 +112,33 @@ def mode_of(image: Any, mask: Any) -> str:
 def resolve_seed(seed: int | None) -> int:
     """A seed of None or -1 means a random one (as A1111); the value used is what the metadata records."""
     if seed is None or seed == -1:
-        return random.randrange(SEED_RANGE)
+        return _SEEDS.randrange(SEED_RANGE)
     if seed < 0:
         raise ValueError(f"seed must be -1 (random) or a non-negative integer, got {seed}")
     return int(seed)
 
 
+class GenerationFailed(RuntimeError):
+    """The run finished but its images are not usable (NaN or all-black decodes)."""
+
+
 class Runner:
     """Runs generations on one device, keeping the last base model and refiner loaded.
 
-    `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars.
+    `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars. `resolve` maps the model
+    names in `GenerationParams` to what is loaded (a folder, a `.safetensors` file, a hub id or a demo alias); by
+    default a name is its own source.
     """
 
-    def __init__(self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True):
+    def __init__(
+        self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True, resolve: Callable[[str], str] = str
+    ):
         import torch
 
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         self.quiet = quiet
+        self.resolve = resolve
         self._base: tuple[str, Any] | None = None
         self._refiner: tuple[str, Any] | None = None
 
@@ -108,7 +152,7 @@ class Runner:
         import sdxl
 
         self.unload()
-        pipe = sdxl.DiffusionPipeline.from_pretrained(model, torch_dtype=self.dtype)
+        pipe = _open(sdxl.DiffusionPipeline, self.resolve(model), torch_dtype=self.dtype)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=self.quiet)
         pipe._sdxl_default_scheduler = pipe.scheduler
@@ -131,7 +175,8 @@ class Runner:
         """The name of the base model in memory, if any."""
         return self._base[0] if self._base is not None else None
 
-    def _task_pipe(self, base: Any, mode: str) -> Any:
+    def task_pipe(self, base: Any, mode: str) -> Any:
+        """`base`'s pipeline for `mode` (txt2img, img2img, inpaint), on the same modules."""
         import sdxl
 
         cls = getattr(sdxl, PIPELINE_CLASSES[mode])
@@ -146,8 +191,8 @@ class Runner:
         if self._refiner is None or self._refiner[0] != name:
             self._refiner = None
             # the refiner shares the base's second text encoder and VAE objects: no second copy in memory
-            refiner = cls.from_pretrained(
-                name, text_encoder_2=base.text_encoder_2, vae=base.vae, torch_dtype=self.dtype
+            refiner = _open(
+                cls, self.resolve(name), text_encoder_2=base.text_encoder_2, vae=base.vae, torch_dtype=self.dtype
             )
             refiner.to(self.device)
             refiner._sdxl_default_scheduler = refiner.scheduler
@@ -178,8 +223,9 @@ class Runner:
         mode = mode_of(image, mask)
         check_params(params, mode)
         seed = resolve_seed(params.seed)
-        base = self._task_pipe(self.load(params.model), mode)
-        sampler = self._set_sampler(base, params.sampler)
+        base = self.task_pipe(self.load(params.model), mode)
+        sampler = self.set_sampler(base, params.sampler, params.schedule)
+        # one CPU generator per image: image i of a batch is the image of seed + i alone (diffusers' generator lists)
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
         common = dict(
             prompt=params.prompt,
@@ -202,8 +248,17 @@ class Runner:
                 mask = base.mask_processor.blur(mask, blur_factor=params.mask_blur)
             kwargs.update(mask_image=mask, padding_mask_crop=params.padding_mask_crop)
 
-        progress = _Progress(on_step, params)
-        if not params.refiner:
+        subseed = None
+        if params.subseed_strength:
+            subseed = resolve_seed(params.subseed)
+            kwargs["latents"] = variation_latents(base, params, seed, subseed).to(self.device)
+
+        progress = Progress(on_step, params)
+        first_size = None
+        if params.hires_scale is not None:
+            i2i = self.task_pipe(base, IMG2IMG)
+            images, first_size = hires_fix(base, i2i, params, kwargs, common, seed, progress)
+        elif not params.refiner:
             images = base(**kwargs, callback_on_step_end=progress.callback("base")).images
         else:
             latents = base(
@@ -220,15 +275,25 @@ class Runner:
                     # as diffusers' guide: the inpainting refiner takes the base's latents as `image`, and the mask
                     refine.update(mask_image=kwargs["mask_image"], width=params.width, height=params.height)
                 images = refiner(**refine, callback_on_step_end=progress.callback("refiner")).images
-        used = replace(params, seed=seed, sampler=sampler)
-        return [
-            GeneratedImage(img, replace(used, seed=seed + i, width=img.width, height=img.height, batch_size=1))
-            for i, img in enumerate(images)
-        ]
+        check_images(images)
+        schedule = find_schedule(params.schedule)
+        used = replace(params, seed=seed, sampler=sampler, schedule=None if schedule.name == "automatic" else schedule.label)
+        if subseed is not None:
+            used = replace(used, subseed=subseed)
+        results = []
+        for i, img in enumerate(images):
+            # with hires fix, Size is the first pass's (as A1111 records it) and the image is hires_scale larger
+            width, height = first_size or (img.width, img.height)
+            one = replace(used, seed=seed + i, width=width, height=height, batch_size=1)
+            if subseed is not None:
+                one = replace(one, subseed=subseed + i)
+            results.append(GeneratedImage(img, one))
+        return results
 
-    def _set_sampler(self, pipe: Any, name: str | None) -> str:
+    def set_sampler(self, pipe: Any, name: str | None, schedule: str | None = None) -> str:
         """Give `pipe` a fresh scheduler from its model's own config (with the sampler's options when `name` is
-        given); return the sampler's name as A1111 writes it."""
+        given, and A1111's schedule type `schedule` when not Automatic); return the sampler's name as A1111 writes
+        it."""
         import sdxl
 
         default = getattr(pipe, "_sdxl_default_scheduler", pipe.scheduler)
@@ -237,7 +302,32 @@ class Runner:
             pipe.scheduler = getattr(sdxl, sampler.scheduler).from_config(default.config, **sampler.options)
         else:
             pipe.scheduler = type(default).from_config(default.config)
+        schedule_type = find_schedule(schedule)
+        if schedule_type.name != "automatic":
+            pipe.scheduler.set_schedule_type(schedule_type.name)
         return sampler_name(pipe.scheduler)
+
+
+def _open(cls: Any, source: str, **kwargs: Any) -> Any:
+    """`cls.from_single_file` for a .safetensors file, `cls.from_pretrained` for anything else."""
+    import os
+
+    if source.endswith(".safetensors") and os.path.isfile(source):
+        return cls.from_single_file(source, **kwargs)
+    return cls.from_pretrained(source, **kwargs)
+
+
+def check_images(images: list[Image.Image]) -> None:
+    """An all-black image is what a NaN decode turns into (the pipelines already retried the VAE in float32):
+    never hand it back as a result."""
+    import numpy as np
+
+    for i, image in enumerate(images):
+        if not np.asarray(image).any():
+            raise GenerationFailed(
+                f"image {i} decoded to all black (NaN or overflow in the VAE, even in float32); try another seed, "
+                "a lower guidance scale, or float32/bfloat16 instead of float16"
+            )
 
 
 def _decode(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
@@ -269,12 +359,13 @@ def check_params(params: GenerationParams, mode: str) -> None:
         raise ValueError(f"mask_blur must be 0 or more pixels (got {params.mask_blur})")
     if params.padding_mask_crop is not None and params.padding_mask_crop < 0:
         raise ValueError(f"padding_mask_crop must be 0 or more pixels (got {params.padding_mask_crop})")
+    check_sampling_params(params, text2img=mode == TEXT2IMG)
     if params.refiner and params.padding_mask_crop is not None:
         raise ValueError("padding_mask_crop cannot be combined with a refiner (the base would hand over the latents "
                          "of the crop only); drop one of them")
 
 
-class _Progress:
+class Progress:
     """Counts steps across the base and refiner stages and forwards them to the caller's step callback."""
 
     def __init__(self, on_step: StepCallback | None, params: GenerationParams):
@@ -285,6 +376,7 @@ class _Progress:
         self.stopped = False
 
     def callback(self, stage: str) -> Callable[..., dict] | None:
+        """A diffusers-style step-end callback object for one stage (None without a step callback)."""
         if self.on_step is None:
             return None
         offset = None
@@ -298,13 +390,17 @@ class _Progress:
                     # the refiner runs the rest of the schedule: about steps * (1 - switch) more
                     rest = round(self.params.steps * (1 - self.params.refiner_switch_at))
                     self.total = stage_steps + max(rest, 1)
+                elif stage == "base" and self.params.hires_scale is not None:
+                    self.total = stage_steps + (self.params.hires_steps or self.params.steps)
                 else:
                     self.total = max(self.total, offset + stage_steps)
             self.done = offset + i + 1
-            action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe))
+            action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe,
+                                       tensors.get("denoised")))
             if action == "stop":
                 pipe._interrupt = True
                 self.stopped = True
             return {}
 
+        on_step_end.tensor_inputs = ("latents", "denoised")  # read by the pipelines, as diffusers' callback objects
         return on_step_end

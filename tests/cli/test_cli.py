@@ -137,3 +137,37 @@ def test_prompt_syntax_and_long_prompts_reach_the_pipeline(tiny_checkpoint, tmp_
     windows = image("long", long_prompt)
     truncated = image("truncated", long_prompt, "--no-long-prompts")
     assert np.abs(windows - truncated).max() > 2
+
+
+def test_generate_hires_fix_schedule_and_variation_flags(tiny_checkpoint, tmp_path):
+    out = tmp_path / "hires.png"
+    args = ["generate", "a red circle", "--model", str(tiny_checkpoint), "-o", str(out), "--steps", "2", "--seed",
+            "4", "--width", "64", "--height", "64", "--schedule", "Align Your Steps", "--hires-scale", "1.5",
+            "--hires-strength", "0.5", "--hires-steps", "2", "--hires-upscaler", "Lanczos", "--subseed", "9",
+            "--subseed-strength", "0.2", "-q"]
+    assert main(args) == 0
+    with Image.open(out) as image:
+        assert image.size == (96, 96)
+    params = read_parameters(out)
+    assert params["Size"] == "64x64" and params["Schedule type"] == "Align Your Steps"
+    assert (params["Hires upscale"], params["Hires steps"], params["Hires upscaler"]) == ("1.5", "2", "Lanczos")
+    assert (params["Denoising strength"], params["Variation seed"], params["Variation seed strength"]) == (
+        "0.5", "9", "0.2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--schedule", "Karas"], "unknown schedule type 'Karas'"),
+        (["--hires-scale", "2", "--hires-strength", "0"], "needs --hires-strength in (0, 1]"),
+        (["--hires-scale", "2", "--hires-upscaler", "ESRGAN"], "unknown hires upscaler 'ESRGAN'"),
+        (["--subseed-strength", "2"], "--subseed-strength must be between 0 and 1"),
+        (["--scheduler", "DDIM", "--schedule", "Karras"], "DDIMScheduler takes no schedule type"),
+    ],
+)
+def test_sampling_flag_errors(tiny_checkpoint, tmp_path, capsys, extra, message):
+    args = ["generate", "x", "--model", str(tiny_checkpoint), "-o", str(tmp_path / "o.png"), "--steps", "1", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdxl: error: ") and message in err

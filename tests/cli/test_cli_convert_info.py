@@ -90,14 +90,19 @@ def test_pickle_needs_allow_pickle(converted, tmp_path, capsys):
 
 
 def test_convert_and_info_errors(converted, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
     folder, single, back = converted
+    bare = tmp_path / "bare.safetensors"  # another tool's file of the same tensors
+    save_file(load_file(str(single)), str(bare), metadata={"format": "pt"})
+    assert main(["convert", str(single), str(tmp_path / "ours")]) == 0  # our file carries its configs
     cases = [
         (["info", str(tmp_path / "absent")], "does not exist"),
         (["convert", str(tmp_path / "absent"), str(tmp_path / "x")], "does not exist"),
         (["convert", str(folder), str(tmp_path / "out.bin")], "must end in .safetensors"),
         (["convert", str(folder), str(single)], "exists"),
         (["convert", str(single), str(back)], "not an empty folder"),
-        (["convert", str(single), str(tmp_path / "new")], "pass config="),  # tiny sizes are not SDXL's
+        (["convert", str(bare), str(tmp_path / "new")], "pass config="),  # tiny sizes, and no stored configs
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

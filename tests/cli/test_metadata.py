@@ -68,3 +68,22 @@ def test_unknown_sampler_lists_valid_names():
 
 def test_sampler_lookup_is_case_insensitive():
     assert find_sampler("dpm++ 2m karras").options["use_karras_sigmas"] is True
+
+
+def test_schedule_type_variation_seed_and_hires_fix_as_a1111_writes_them():
+    text = format_parameters(
+        _params(sampler="DPM++ 2M", schedule="Karras", subseed=123, subseed_strength=0.25, hires_scale=1.5,
+                hires_steps=10, hires_upscaler="Latent (bicubic)", denoising_strength=0.5)
+    )
+    assert text.split("\n")[-1] == (
+        "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 42, Size: 1344x768, "
+        "Model: sdxl-base, Variation seed: 123, Variation seed strength: 0.25, Denoising strength: 0.5, "
+        "Hires upscale: 1.5, Hires steps: 10, Hires upscaler: Latent (bicubic)"
+    )
+    parsed = parse_parameters(text)
+    assert (parsed["Schedule type"], parsed["Hires upscaler"], parsed["Variation seed"]) == (
+        "Karras", "Latent (bicubic)", "123"
+    )
+    # hires steps 0 means "as many as Steps": A1111 leaves the key out; no variation key at strength 0
+    plain = format_parameters(_params(hires_scale=2.0, denoising_strength=0.7, subseed=5))
+    assert "Hires steps" not in plain and "Variation seed" not in plain and "Hires upscale: 2," in plain

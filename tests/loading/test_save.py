@@ -65,6 +65,27 @@ def test_save_single_file_round_trip(pipe, tiny_base, tmp_path):
         _same(getattr(pipe, name), getattr(again, name))
 
 
+def test_save_single_file_keeps_the_configs_so_no_config_folder_is_needed(pipe, tmp_path):
+    """The tiny model has non-SDXL sizes: it loads back from our file alone; the same tensors without our metadata
+    (what other tools write) still need config=, as before."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = pipe.save_single_file(tmp_path / "model.safetensors")
+    again = sdxl.StableDiffusionXLPipeline.from_single_file(path)
+    for name in MODELS:
+        _same(getattr(pipe, name), getattr(again, name))
+        assert again.components[name].config == pipe.components[name].config
+    assert type(again.scheduler) is type(pipe.scheduler)
+    assert again.scheduler.config.to_json_dict() == pipe.scheduler.config.to_json_dict()
+    with safe_open(str(path), "pt") as f:
+        assert set(json.loads(f.metadata()["sdxl_configs"])) >= set(MODELS)
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(path)), str(bare), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="pass config="):
+        sdxl.StableDiffusionXLPipeline.from_single_file(bare)
+
+
 def test_save_errors(pipe, tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         save_single_file(pipe.components, tmp_path)

@@ -258,10 +258,17 @@ def test_missing_tensor_is_named(single_files, tmp_path):
         load_single_file_components(bad, config=folder)
 
 
-def test_wrong_sizes_without_config_ask_for_config(single_files):
-    _, _, path = single_files["refiner"]  # tiny refiner: detected by its text encoder, sizes are not SDXL's
+def test_wrong_sizes_without_config_ask_for_config(single_files, tmp_path):
+    """Another tool's file (no stored configs) of a model with non-SDXL sizes needs config=; ours loads alone."""
+    from safetensors.torch import load_file, save_file
+
+    _, components, path = single_files["refiner"]  # tiny refiner: detected by its text encoder, sizes are not SDXL's
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(path)), str(bare), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="pass config="):
-        load_single_file_components(path)
+        load_single_file_components(bare)
+    loaded, info = load_single_file_components(path)
+    assert info["kind"] == "refiner" and loaded["unet"].config == components["unet"].config
 
 
 def test_argument_errors(single_files, tmp_path):

@@ -95,7 +95,8 @@ class _PlainScheduler:
 
 @pytest.mark.parametrize("name", ["timesteps", "sigmas"])
 def test_retrieve_timesteps_refuses_custom_schedules_the_scheduler_cannot_take(name):
-    with pytest.raises(ValueError, match=f"_PlainScheduler.set_timesteps does not take custom `{name}`"):
+    kind = "timestep" if name == "timesteps" else "sigmas"  # diffusers' wording
+    with pytest.raises(ValueError, match=f"_PlainScheduler'>'s `set_timesteps` does not support custom {kind} schedules"):
         denoise.retrieve_timesteps(_PlainScheduler(), None, "cpu", **{name: [1.0, 0.5]})
 
 
@@ -229,3 +230,46 @@ def test_loop_never_reads_tensor_values_on_the_host(monkeypatch):
     )
     monkeypatch.undo()
     assert [tuple(x.shape) for x in pipe.unet.inputs] == [(2, 4, 2, 2)] * 3 and latents.shape == (1, 4, 2, 2)
+
+
+class _HalfOverflowVae(torch.nn.Module):
+    """Decodes to NaN in half precision and to the latents' first three channels in float32 (an fp16 overflow)."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, dtype=dtype))
+        self.config = type("Config", (), {"scaling_factor": 1.0, "force_upcast": False})()
+
+    @property
+    def dtype(self):
+        return self.weight.dtype
+
+    @property
+    def device(self):
+        return self.weight.device
+
+    def decode(self, latents):
+        sample = latents[:, :3].clone()
+        if self.weight.dtype != torch.float32:
+            sample = torch.full_like(sample, float("nan"))
+        return type("Out", (), {"sample": sample})()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_nan_half_precision_decode_is_redone_in_float32(dtype):
+    from sdxl.pipelines.denoise import decode_latents
+
+    vae = _HalfOverflowVae(dtype)
+    latents = torch.rand(1, 4, 2, 2)
+    image = decode_latents(vae, latents)
+    assert torch.isfinite(image).all() and image.dtype == dtype
+    torch.testing.assert_close(image.float(), latents[:, :3].to(dtype).float())
+    assert vae.dtype == dtype  # the VAE is back in its own dtype
+
+
+def test_a_float32_nan_decode_is_left_for_the_caller():
+    from sdxl.pipelines.denoise import decode_latents
+
+    vae = _HalfOverflowVae(torch.float32)
+    vae.decode = lambda latents: type("Out", (), {"sample": torch.full((1, 3, 2, 2), float("nan"))})()
+    assert torch.isnan(decode_latents(vae, torch.rand(1, 4, 2, 2))).all()

@@ -35,7 +35,7 @@ def test_strength_that_keeps_no_step(ours_nine):
 def test_masked_image_latents_with_a_4_channel_unet(ours_base, theirs_base, caplog):
     """Accepted as diffusers accepts them (its own tests pass them), with a warning that they do nothing."""
     latents = torch.zeros(1, 4, SIZE // 2, SIZE // 2)
-    with caplog.at_level("WARNING", logger="sdxl.pipelines.inpaint"):
+    with caplog.at_level("WARNING", logger="sdxl.pipelines.inpaint_steps"):
         mine = call(ours_base, masked_image_latents=latents)
     assert "has no effect with a 4-channel UNet" in caplog.text
     np.testing.assert_allclose(mine, call(theirs_base, masked_image_latents=latents), atol=1e-4, rtol=0)

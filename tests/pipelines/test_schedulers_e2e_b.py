@@ -45,6 +45,14 @@ def test_scheduler_swap_matches_diffusers(ours, theirs, swap, name, steps):
     assert_images_match(mine, ref)
 
 
+@pytest.mark.parametrize("name", ["EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"])
+def test_edm_scheduler_swap_matches_diffusers(ours, theirs, swap, name):
+    """The EDM schedulers in the pipeline: c_in-scaled input, 0.25 log(sigma) timesteps, EDM preconditioning."""
+    swap(name, sigma_min=0.0292, sigma_max=14.6146, sigma_data=1.0)
+    mine, ref = call(ours, num_inference_steps=3), call(theirs, num_inference_steps=3)
+    assert_images_match(mine, ref)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_denoising_end_matches_diffusers(ours, theirs, swap, name):
     swap(name)

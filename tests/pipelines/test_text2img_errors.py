@@ -135,7 +135,7 @@ def test_latents_of_wrong_shape(ours):
 
 
 def test_timesteps_and_sigmas(ours):
-    with pytest.raises(ValueError, match="either custom `timesteps` or custom `sigmas`"):
+    with pytest.raises(ValueError, match="Only one of `timesteps` or `sigmas` can be passed"):
         call(ours, timesteps=[999, 500], sigmas=[14.6, 1.0])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scheduler_helpers import DTYPES, FINAL_SIGMAS, PREDICTIONS, SIGMA_KINDS, SPACINGS
 
 
 @pytest.fixture
@@ -27,3 +28,32 @@ def no_sync(monkeypatch):
             return False
 
     return _NoSync()
+
+
+# The config matrices of scheduler_helpers.py as fixtures: a test that takes `spacing`, `dtype`, `kind`,
+# `prediction` or `final` runs once per value, unless it parametrizes that name itself.
+
+
+@pytest.fixture(params=SPACINGS)
+def spacing(request):
+    return request.param
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture(params=list(SIGMA_KINDS))
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(params=PREDICTIONS)
+def prediction(request):
+    return request.param
+
+
+@pytest.fixture(params=FINAL_SIGMAS)
+def final(request):
+    return request.param

@@ -14,7 +14,42 @@ SDXL = {
     "steps_offset": 1,
 }
 STEP_COUNTS = (1, 2, 3, 10, 25, 50)
+# The config matrices most scheduler tests sweep; conftest.py turns each into a fixture of the same name
+# (`spacing`, `dtype`, `kind`, `prediction`, `final`), which a test overrides with its own parametrize.
+SPACINGS = ("leading", "trailing", "linspace")
+DTYPES = (torch.float32, torch.float64, torch.float16)
+SIGMA_KINDS = {
+    "interp": {},
+    "karras": {"use_karras_sigmas": True},
+    "exponential": {"use_exponential_sigmas": True},
+    "beta": {"use_beta_sigmas": True},
+}
+PREDICTIONS = ("epsilon", "v_prediction", "sample")
+FINAL_SIGMAS = ("zero", "sigma_min")
 REL_TOL = 1e-6
+
+
+def scheduler_pair(name: str):
+    """`pair(**config)` -> (our scheduler `name`, diffusers' `name`), both built with the same config."""
+
+    def pair(**config):
+        import diffusers
+
+        from sdxl.schedulers.base import scheduler_class
+
+        return scheduler_class(name)(**config), getattr(diffusers, name)(**config)
+
+    return pair
+
+
+def normalized(config) -> dict:
+    """A config as a plain dict, comparable across libraries (default-key lists are unordered, betas lists)."""
+    out = dict(config)
+    if "_use_default_values" in out:
+        out["_use_default_values"] = sorted(out["_use_default_values"])
+    if out.get("trained_betas") is not None:
+        out["trained_betas"] = [float(b) for b in out["trained_betas"]]
+    return out
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:

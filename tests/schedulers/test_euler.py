@@ -9,26 +9,19 @@ import pytest
 import torch
 from scheduler_helpers import (
     SDXL,
+    SIGMA_KINDS,
     STEP_COUNTS,
     assert_loops_match,
     assert_schedule_equal,
     denoise,
     rel_err,
+    scheduler_pair,
     start_sample,
 )
 
 from sdxl.schedulers.euler import EulerDiscreteScheduler
 
-SIGMA_KINDS = {
-    "interp": {},
-    "karras": {"use_karras_sigmas": True},
-    "exponential": {"use_exponential_sigmas": True},
-    "beta": {"use_beta_sigmas": True},
-}
-
-
-def pair(**config):
-    return EulerDiscreteScheduler(**config), diffusers.EulerDiscreteScheduler(**config)
+pair = scheduler_pair("EulerDiscreteScheduler")
 
 
 def check_schedules(config: dict) -> None:
@@ -43,9 +36,6 @@ def check_schedules(config: dict) -> None:
 # --- schedules ---
 
 
-@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
-@pytest.mark.parametrize("kind", list(SIGMA_KINDS))
-@pytest.mark.parametrize("final", ["zero", "sigma_min"])
 def test_schedule_matches_diffusers(spacing, kind, final):
     check_schedules({**SDXL, "timestep_spacing": spacing, "final_sigmas_type": final, **SIGMA_KINDS[kind]})
 
@@ -110,8 +100,6 @@ def test_custom_timesteps_and_sigmas_match_diffusers():
 # --- step loops ---
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_step_loop_matches_diffusers(prediction, dtype):
     ours, ref = pair(**SDXL, prediction_type=prediction)
     ours.set_timesteps(12)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from scheduler_helpers import SDXL, SDXL_SCHEDULER_JSON, assert_schedule_equal
 from diffusers.utils.torch_utils import randn_tensor as reference_randn
+from scheduler_helpers import SDXL, SDXL_SCHEDULER_JSON, assert_schedule_equal, normalized
 
 import sdxl
-from sdxl.schedulers import base, sigmas
 from sdxl.noise import randn_tensor
+from sdxl.schedulers import base, registry, sigmas
 from sdxl.schedulers.base import SchedulerOutput, scheduler_class
 from sdxl.schedulers.dpm_multistep import DPMSolverMultistepScheduler
 from sdxl.schedulers.euler import EulerDiscreteScheduler
@@ -38,16 +38,6 @@ DIFFUSERS_SOURCES = [
     "DEISMultistepScheduler",
     "UniPCMultistepScheduler",
 ]
-
-
-def normalized(config) -> dict:
-    """A config as a plain dict, comparable across libraries (default-key lists are unordered, betas lists)."""
-    out = dict(config)
-    if "_use_default_values" in out:
-        out["_use_default_values"] = sorted(out["_use_default_values"])
-    if out.get("trained_betas") is not None:
-        out["trained_betas"] = [float(b) for b in out["trained_betas"]]
-    return out
 
 
 # --- sigma math ---
@@ -247,7 +237,7 @@ def test_save_and_load_pretrained_interoperate_with_diffusers(tmp_path):
 def test_compatibles_list_the_implemented_diffusers_compatibles(name):
     ours = {cls.__name__ for cls in OURS[name]().compatibles}
     ref = {cls.__name__ for cls in getattr(diffusers, name)().compatibles}
-    assert ours == ref & set(base._MODULES)  # every implemented compatible (the registry grows per scheduler)
+    assert ours == ref & set(registry.MODULES)  # every implemented compatible (the registry grows per scheduler)
     assert all(issubclass(cls, base.Scheduler) for cls in OURS[name]().compatibles)
     assert getattr(sdxl, name) is OURS[name]
 
@@ -259,8 +249,8 @@ def test_registry_finds_modules_added_by_other_schedulers(tmp_path, monkeypatch)
         "    _compatibles = ['EulerDiscreteScheduler']\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(base, "_MODULES", dict(base._MODULES))
-    monkeypatch.setattr(base, "_CLASSES", dict(base._CLASSES))
+    monkeypatch.setattr(registry, "MODULES", dict(registry.MODULES))
+    monkeypatch.setattr(registry, "CLASSES", dict(registry.CLASSES))
     base.register_scheduler_module("FakeLMSScheduler", "_fake_scheduler_module")
     cls = scheduler_class("FakeLMSScheduler")
     assert cls.__name__ == "FakeLMSScheduler" and cls._get_compatibles() == [cls, EulerDiscreteScheduler]

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from sdxl.cli import checkpoints, generate
+from sdxl.cli import checkpoints, generate, serve
 from sdxl.cli.common import UsageError
 
 EPILOG = """examples:
@@ -22,6 +22,7 @@ EPILOG = """examples:
       --refiner stabilityai/stable-diffusion-xl-refiner-1.0 --refiner-start 0.8 -o lion.png
   sdxl img2img "a watercolour painting" --image photo.png --strength 0.5 --model demo -o painted.png
   sdxl inpaint "a tiger" --image dog.png --mask mask.png --model demo -o tiger.png
+  sdxl serve --model demo        # then open http://127.0.0.1:7860
 """
 
 COMMANDS = {
@@ -32,6 +33,7 @@ COMMANDS = {
     "schedulers": checkpoints.schedulers,
     "info": checkpoints.info,
     "convert": checkpoints.convert,
+    "serve": serve.run,
 }
 
 # subcommands whose whole command line belongs to another module's own argument parser
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     generate.add_parsers(sub)
     checkpoints.add_parsers(sub)
+    serve.add_parsers(sub)
     # listed for --help; their arguments go to sdxl.demo.train / sdxl.demo.evaluate (see DEMO_TOOLS)
     sub.add_parser("train-demo", help="train the tiny demo model from scratch (`sdxl train-demo --help`)",
                    add_help=False)

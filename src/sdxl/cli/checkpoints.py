@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from sdxl.cli.common import DTYPES, UsageError
-from sdxl.params import SAMPLERS
+from sdxl.params import SAMPLERS, SCHEDULE_TYPES, UPSCALERS
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tiny.add_argument("--seed", type=int, default=0, help="seed for the random weights (default: 0)")
     tiny.add_argument("--refiner", action="store_true", help="write a tiny refiner (img2img, aesthetic score) instead")
 
-    sub.add_parser("schedulers", help="list the sampler names --scheduler accepts")
+    sub.add_parser("schedulers", help="list the sampler names --scheduler accepts, the schedule types and upscalers")
 
     info = sub.add_parser(
         "info",
@@ -66,6 +66,8 @@ def schedulers(args: argparse.Namespace) -> int:
     for sampler in SAMPLERS.values():
         options = ", ".join(f"{k}={v}" for k, v in sampler.options.items())
         print(f"{sampler.name:<20} {sampler.scheduler}" + (f" ({options})" if options else ""))
+    print("\nschedule types (--schedule, k-diffusion samplers): " + ", ".join(s.label for s in SCHEDULE_TYPES))
+    print("hires upscalers (--hires-upscaler): " + ", ".join(u.name for u in UPSCALERS))
     return 0
 
 

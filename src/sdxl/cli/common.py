@@ -10,28 +10,17 @@ class UsageError(Exception):
 
 
 def resolve_device(name: str):
-    """`--device`: auto picks CUDA, then MPS, then the CPU; an unavailable GPU is a UsageError."""
-    import torch
+    """`--device`: auto picks CUDA, then MPS, then the CPU; an unknown or unavailable device is a UsageError."""
+    from sdxl.runner import pick_device
 
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UsageError(f"--device {name!r} is not a device name ({err}); try cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} was asked for, but no CUDA GPU is available here; use --device cpu")
-    return device
+        return pick_device(name)
+    except ValueError as err:
+        raise UsageError(f"--device {err}") from None
 
 
 def resolve_dtype(name: str, device):
     """`--dtype`: auto is float16 on an accelerator and float32 on the CPU."""
-    import torch
+    from sdxl.runner import pick_dtype
 
-    if name == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
-    return getattr(torch, name)
+    return pick_dtype(name, device)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
+from dataclasses import replace
 from pathlib import Path
 
 from sdxl.cli.common import DTYPES, UsageError, resolve_device, resolve_dtype
-from sdxl.params import GenerationParams, find_sampler
+from sdxl.params import GenerationParams, find_sampler, find_schedule, find_upscaler
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     _add_generation_flags(gen, size=True)
     _add_refiner_flags(gen)
+    _add_hires_flags(gen)
 
     img2img = sub.add_parser(
         "img2img",
@@ -78,6 +80,13 @@ def _add_generation_flags(parser: argparse.ArgumentParser, *, size: bool) -> Non
         help="sampler name, e.g. 'Euler' or 'DPM++ 2M Karras' (see `sdxl schedulers`; default: the model's)",
     )
     parser.add_argument(
+        "--schedule",
+        default=None,
+        help="AUTOMATIC1111's schedule type for the k-diffusion samplers: Automatic (default: the sampler's own), "
+        "Uniform, Karras, Exponential, Polyexponential, 'SGM Uniform', 'KL Optimal', 'Align Your Steps', Simple, "
+        "Normal, DDIM, Beta",
+    )
+    parser.add_argument(
         "--prompt-syntax",
         choices=("none", "a1111", "compel"),
         default="none",
@@ -103,6 +112,23 @@ def _add_refiner_flags(parser: argparse.ArgumentParser) -> None:
                         help="fraction of the schedule after which the refiner takes over, in (0, 1) (default: 0.8)")
 
 
+def _add_hires_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hires-scale", type=float, default=None, metavar="S",
+                        help="hires fix: upscale the image by S (e.g. 1.5) and redraw it (default: off)")
+    parser.add_argument("--hires-strength", type=float, default=0.7,
+                        help="hires fix: denoising strength of the redraw, in (0, 1] (default: 0.7)")
+    parser.add_argument("--hires-steps", type=int, default=0,
+                        help="hires fix: steps of the redraw (default: 0, the same as --steps)")
+    parser.add_argument("--hires-upscaler", default="Latent",
+                        help="hires fix: Latent, 'Latent (antialiased)', 'Latent (bicubic)', 'Latent (bicubic "
+                        "antialiased)', 'Latent (nearest)', 'Latent (nearest-exact)', Lanczos or Nearest "
+                        "(default: Latent)")
+    parser.add_argument("--subseed", type=int, default=None,
+                        help="variation seed: mixed into the seed's noise by --subseed-strength (default: random)")
+    parser.add_argument("--subseed-strength", type=float, default=0.0,
+                        help="how far towards the variation seed's noise, in [0, 1] (default: 0, off)")
+
+
 def _output_paths(output: str, count: int) -> list[Path]:
     path = Path(output)
     if path.suffix.lower() != ".png":
@@ -114,7 +140,7 @@ def _output_paths(output: str, count: int) -> list[Path]:
 
 def params_from_args(args: argparse.Namespace) -> GenerationParams:
     """The command line as a GenerationParams (the seed already drawn when --seed is not given)."""
-    return GenerationParams(
+    params = GenerationParams(
         prompt=args.prompt,
         negative_prompt=args.negative,
         prompt_2=args.prompt_2,
@@ -134,6 +160,19 @@ def params_from_args(args: argparse.Namespace) -> GenerationParams:
         refiner=args.refiner or "",
         refiner_switch_at=args.refiner_start if args.refiner else None,
     )
+    return replace(params, **_sampling_fields(args))
+
+
+def _sampling_fields(args: argparse.Namespace) -> dict:
+    """--schedule, and for `generate` the hires-fix and variation-seed flags, as GenerationParams fields."""
+    fields = {"schedule": find_schedule(args.schedule).label if args.schedule else None}
+    hires = getattr(args, "hires_scale", None)
+    if hires is not None:
+        fields.update(hires_scale=hires, hires_upscaler=find_upscaler(args.hires_upscaler).name,
+                      hires_steps=args.hires_steps, denoising_strength=args.hires_strength)
+    if getattr(args, "subseed_strength", 0.0):
+        fields.update(subseed=args.subseed, subseed_strength=args.subseed_strength)
+    return fields
 
 
 def _check_files(args: argparse.Namespace) -> None:
@@ -151,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_params(params, {"generate": "txt2img"}.get(args.command, args.command))
     except ValueError as err:  # name the flag, not the field
-        raise UsageError(_flag_names(str(err))) from None
+        raise UsageError(_flag_names(str(err), hires=params.hires_scale is not None)) from None
     _check_files(args)
     paths = _output_paths(args.output, args.num_images)
     if not paths[0].parent.exists():
@@ -179,12 +218,14 @@ def run(args: argparse.Namespace) -> int:
 _FLAGS = {
     "steps": "--steps", "batch_size": "--num-images", "width": "--width", "height": "--height",
     "denoising_strength": "--strength", "refiner_switch_at": "--refiner-start", "mask_blur": "--mask-blur",
-    "padding_mask_crop": "--padding-mask-crop", "a refiner": "--refiner",
+    "padding_mask_crop": "--padding-mask-crop", "a refiner": "--refiner", "hires_scale": "--hires-scale",
+    "hires_steps": "--hires-steps", "subseed_strength": "--subseed-strength", "subseed": "--subseed",
 }
 
 
-def _flag_names(message: str) -> str:
-    for field, flag in _FLAGS.items():
+def _flag_names(message: str, hires: bool = False) -> str:
+    flags = {**_FLAGS, "denoising_strength": "--hires-strength"} if hires else _FLAGS
+    for field, flag in flags.items():
         if message.startswith(field + " ") or f" {field} " in message:
             message = message.replace(field, flag, 1)
     return message

@@ -16,7 +16,7 @@ import torch
 
 from sdxl.loading import keymaps
 from sdxl.loading.diffusers import add_variant
-from sdxl.loading.single_file import CLIP_G, CLIP_G_REFINER, CLIP_L, UNET, VAE, key_table
+from sdxl.loading.single_file import CLIP_G, CLIP_G_REFINER, CLIP_L, CONFIGS_KEY, UNET, VAE, key_table
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,23 @@ def original_state_dict(components: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def component_configs(components: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{name: config.json content} of the models in `components`, and the scheduler's config (with its class)."""
+    configs: dict[str, dict[str, Any]] = {}
+    for name, component in components.items():
+        if isinstance(component, torch.nn.Module):
+            configs[name] = dict(component.config.to_dict())
+        elif hasattr(component, "config") and hasattr(component.config, "to_json_dict"):
+            configs[name] = {**component.config.to_json_dict(), "_class_name": type(component).__name__}
+    return configs
+
+
 def save_single_file(components: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write the models of `components` as one safetensors file in the original Stability layout."""
+    """Write the models of `components` as one safetensors file in the original Stability layout.
+
+    The models' and the scheduler's configs go into the file's metadata (key `sdxl_configs`, JSON), so a model of
+    any size loads back with `from_single_file(path)` alone; other tools ignore the key.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -57,7 +72,8 @@ def save_single_file(components: dict[str, Any], path: str | os.PathLike) -> Pat
         raise ValueError(f"{path} is a folder; save_single_file writes one .safetensors file (give a file name).")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"The folder for {path} does not exist; create {path.parent} first.")
-    save_file(original_state_dict(components), str(path), metadata={"format": "pt"})
+    metadata = {"format": "pt", CONFIGS_KEY: json.dumps(component_configs(components), sort_keys=True)}
+    save_file(original_state_dict(components), str(path), metadata=metadata)
     logger.info("Wrote %s", path)
     return path
 

@@ -22,7 +22,7 @@ from sdxl.loading import keymaps, registry
 from sdxl.loading.diffusers import check_keys, read_json
 from sdxl.loading.hub import resolve_single_file
 from sdxl.loading.keymaps import Rule, StateDict
-from sdxl.loading.weights import check_finite, load_checkpoint
+from sdxl.loading.weights import check_finite, load_checkpoint, read_header, sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
 IGNORED_SUFFIXES = ("embeddings.position_ids", "logit_scale", "attn_mask")
 IGNORED_PREFIXES = ("denoiser.", "model_ema.", "loss.", "conditioner.embedders.2.", "conditioner.embedders.3.")
 SHOWN = 5
+# safetensors metadata key under which save_single_file stores the configs (JSON {component: config})
+CONFIGS_KEY = "sdxl_configs"
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,37 @@ def configs_from_shapes(sd: StateDict, kind: str, parts: tuple[Part, ...]) -> di
     return configs
 
 
+def saved_configs(path: Path) -> dict[str, Any]:
+    """The configs save_single_file stored in a safetensors file's metadata ({} for other files)."""
+    if sniff_format(path) != "safetensors":
+        return {}
+    text = read_header(path)[1].get(CONFIGS_KEY)
+    if text is None:
+        return {}
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the {CONFIGS_KEY!r} metadata is not valid JSON ({e})") from None
+    if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
+        raise ValueError(f"{path}: the {CONFIGS_KEY!r} metadata must map component names to configs")
+    return saved
+
+
+def configs_from_dicts(saved: dict[str, Any], names: list[str], source: Path) -> dict[str, Any]:
+    """Configs of `names` from the config dicts save_single_file stored (a missing one: the file's shapes rule)."""
+    configs = {}
+    for part in (UNET, VAE, CLIP_L, CLIP_G):
+        if part.name not in names:
+            continue
+        if part.name not in saved:
+            raise ValueError(f"{source}: the stored configs have no {part.name!r}; pass config=<a diffusers folder>")
+        try:
+            configs[part.name] = registry.config_class(model_class(part)).from_dict(saved[part.name])
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{source} ({part.name} config): {e}") from e
+    return configs
+
+
 def configs_from_folder(folder: str | os.PathLike, names: list[str]) -> dict[str, Any]:
     """Configs of `names` read from the `<name>/config.json` files of a diffusers-layout folder."""
     folder = Path(folder)
@@ -273,8 +306,11 @@ def load_single_file_components(
         )
     if check_values:
         check_finite({k: v for k, v in sd.items() if any(k.startswith(p.prefix) for p in present)}, path)
+    saved = saved_configs(path) if config is None else {}
     if config is not None:
         configs = configs_from_folder(config, [p.name for p in present])
+    elif saved:
+        configs = configs_from_dicts(saved, [p.name for p in present], path)
     else:
         configs = configs_from_shapes(sd, kind, tuple(present))
 
@@ -299,7 +335,7 @@ def load_single_file_components(
     else:
         components["text_encoder"] = components["tokenizer"] = None
     components["tokenizer_2"] = CLIPTokenizer.from_shipped_vocab(pad_token="!")
-    components["scheduler"] = _scheduler(config)
+    components["scheduler"] = _scheduler(config, saved.get("scheduler"))
     components.update(overrides)
 
     options: dict[str, Any] = {"force_zeros_for_empty_prompt": kind != REFINER}
@@ -321,8 +357,8 @@ def _kind_hint(config: str | os.PathLike | None) -> str | None:
     return REFINER if not entry or entry[-1] is None else BASE
 
 
-def _scheduler(config: str | os.PathLike | None) -> Any:
-    scheduler_config: dict[str, Any] = dict(SDXL_SCHEDULER_CONFIG)
+def _scheduler(config: str | os.PathLike | None, saved: dict[str, Any] | None = None) -> Any:
+    scheduler_config: dict[str, Any] = dict(saved or SDXL_SCHEDULER_CONFIG)
     if config is not None and (Path(config) / "scheduler" / "scheduler_config.json").is_file():
         scheduler_config = json.loads((Path(config) / "scheduler" / "scheduler_config.json").read_text())
     name = scheduler_config.get("_class_name", "EulerDiscreteScheduler")

@@ -26,8 +26,9 @@ import torch
 
 from sdxl.noise import Generator, randn_tensor
 
-# Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL text2img).
-CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
+# Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL text2img), and
+# "denoised" (ours): the step's estimate of the clean latents, for previews (read-only in effect).
+CALLBACK_TENSOR_INPUTS = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "denoised")
 
 
 
@@ -72,16 +73,18 @@ def retrieve_timesteps(
     sigmas: list[float] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Call `scheduler.set_timesteps` with a step count, custom timesteps or custom sigmas; return
-    (scheduler.timesteps, number of steps)."""
+    (scheduler.timesteps, number of steps) as diffusers' `retrieve_timesteps` does, with its errors for a
+    scheduler that takes no custom schedule of that kind."""
     if timesteps is not None and sigmas is not None:
-        raise ValueError("Pass either custom `timesteps` or custom `sigmas`, not both.")
+        raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values")
     custom = {"timesteps": timesteps} if timesteps is not None else {"sigmas": sigmas} if sigmas is not None else {}
     if custom:
         (name,) = custom
-        if name not in inspect.signature(scheduler.set_timesteps).parameters:
+        if not takes_custom_schedule(scheduler, name):
+            kind = "timestep" if name == "timesteps" else "sigmas"
             raise ValueError(
-                f"{type(scheduler).__name__}.set_timesteps does not take custom `{name}`: use a scheduler that "
-                "does, or pass `num_inference_steps`."
+                f"The current scheduler class {scheduler.__class__}'s `set_timesteps` does not support custom {kind} "
+                "schedules. Please check whether you are using the correct scheduler."
             )
         scheduler.set_timesteps(device=device, **custom)
         return scheduler.timesteps, len(scheduler.timesteps)
@@ -89,6 +92,16 @@ def retrieve_timesteps(
         raise ValueError(f"`num_inference_steps` must be a positive integer, but got {num_inference_steps!r}.")
     scheduler.set_timesteps(int(num_inference_steps), device=device)
     return scheduler.timesteps, num_inference_steps
+
+
+def takes_custom_schedule(scheduler: Any, name: str) -> bool:
+    """Whether `scheduler.set_timesteps` takes custom `name` ("timesteps" or "sigmas"): our schedulers say so in
+    `supports_custom_<name>` (True where diffusers' class takes them for an SDXL config: UniPC's `sigmas` serve only
+    flow-matching configs); other schedulers by their signature."""
+    flag = getattr(type(scheduler), f"supports_custom_{name}", None)
+    if flag is not None:
+        return bool(flag)
+    return name in inspect.signature(scheduler.set_timesteps).parameters
 
 
 def is_positive_int(value: Any) -> bool:
@@ -147,14 +160,54 @@ def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, gu
 
 
 def classifier_free_guidance(
-    noise_pred: torch.Tensor, guidance_scale: float, guidance_rescale: float = 0.0
+    noise_pred: torch.Tensor, guidance_scale: float | Sequence[float], guidance_rescale: float = 0.0
 ) -> torch.Tensor:
-    """Ho & Salimans 2022: uncond + w * (cond - uncond) on a (2B, ...) prediction stacked [uncond; cond]."""
+    """Ho & Salimans 2022: uncond + w * (cond - uncond) on a (2B, ...) prediction stacked [uncond; cond].
+
+    `guidance_scale` is one number, or one per image (B of them: a batch of different requests); each row is then
+    guided with its own scale by exactly the operations a single scale uses, so its result is the same as alone.
+    """
     noise_uncond, noise_text = noise_pred.chunk(2)
-    guided = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+    if isinstance(guidance_scale, numbers.Real):
+        guided = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+    else:
+        # (1, C, h, w) slices, one per image
+        guided = torch.cat([
+            noise_uncond[i : i + 1] + scale * (noise_text[i : i + 1] - noise_uncond[i : i + 1])
+            for i, scale in enumerate(guidance_scale)
+        ])
     if guidance_rescale > 0.0:
         guided = rescale_noise_cfg(guided, noise_text, guidance_rescale)
     return guided
+
+
+def guidance_per_image(guidance_scale: float | Sequence[float], images: int) -> float | tuple[float, ...]:
+    """A guidance scale for a call: a number as it is, or a sequence with one scale per image (equal scales collapse
+    to one number). Guidance must be on (> 1) for every image or for none: the batch runs one UNet pass shape."""
+    if isinstance(guidance_scale, numbers.Real):
+        return guidance_scale
+    scales = tuple(float(g) for g in guidance_scale)
+    if len(scales) != images:
+        raise ValueError(
+            f"`guidance_scale` has {len(scales)} values, but this call makes {images} images (prompts x "
+            "num_images_per_prompt): pass one number, or one per image."
+        )
+    if len(set(scales)) == 1:
+        return scales[0]
+    if any(g > 1 for g in scales) and not all(g > 1 for g in scales):
+        raise ValueError(
+            f"`guidance_scale` per image {list(scales)} mixes guided (> 1) and unguided (<= 1) images; run them as "
+            "separate calls."
+        )
+    return scales
+
+
+def guidance_enabled(guidance_scale: float | Sequence[float]) -> bool:
+    """Whether classifier-free guidance runs: a scale over 1 (every per-image scale, which guidance_per_image
+    checked)."""
+    if isinstance(guidance_scale, numbers.Real):
+        return guidance_scale > 1
+    return all(g > 1 for g in guidance_scale)
 
 
 def scheduler_step_kwargs(scheduler: Any, generator: Generator, eta: float) -> dict[str, Any]:
@@ -227,10 +280,13 @@ def denoise(
             )[0]
             if do_cfg:
                 noise_pred = classifier_free_guidance(noise_pred, pipe.guidance_scale, pipe.guidance_rescale)
-            latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+            stepped = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)
+            latents = stepped[0]
             if after_step_hook is not None:
                 latents = after_step_hook(i, t, latents, state)
             state["latents"] = latents
+            # the scheduler's estimate of the clean latents where it gives one (live previews show it)
+            state["denoised"] = stepped[1] if len(stepped) > 1 else latents
 
             if callback_on_step_end is not None:
                 outputs = callback_on_step_end(pipe, i, t, {k: state[k] for k in callback_on_step_end_tensor_inputs})
@@ -245,7 +301,8 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     """Latents (B, 4, h, w) -> image (B, 3, h * f, w * f) in about [-1, 1].
 
     Undoes the VAE scaling (and `latents_mean`/`latents_std` when the config has them). An fp16 VAE whose config
-    says `force_upcast` decodes in fp32 (the SDXL VAE overflows in fp16) and is cast back afterwards.
+    says `force_upcast` decodes in fp32 (the SDXL VAE overflows in fp16) and is cast back afterwards; a half-precision
+    decode that still gives NaN/Inf is redone in float32.
     """
     needs_upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     if needs_upcast:
@@ -265,7 +322,21 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     finally:
         if needs_upcast:
             _cast_weights(vae, torch.float16)
+    if vae.dtype != torch.float32 and not bool(torch.isfinite(image).all()):
+        # NaN/Inf from a half-precision VAE (the SDXL VAE overflows in fp16): decode once more in float32 rather than
+        # return black images (diffusers returns them as they are)
+        image = _decode_in_float32(vae, latents)
     return image
+
+
+def _decode_in_float32(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Decode with the VAE cast to float32 for this call only; the result is in the VAE's own dtype again."""
+    dtype = vae.dtype
+    _cast_weights(vae, torch.float32)
+    try:
+        return vae.decode(latents.float()).sample.to(dtype)
+    finally:
+        _cast_weights(vae, dtype)
 
 
 def _cast_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from sdxl.pipelines.denoise import (
     check_denoising_fraction,
     decode_latents,
     denoise,
+    guidance_enabled,
+    guidance_per_image,
     is_positive_int,
     prepare_latents,
     retrieve_timesteps,
@@ -140,8 +143,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapt
     @property
     def do_classifier_free_guidance(self) -> bool:
         """Guidance runs when guidance_scale > 1 (and the UNet does not embed the scale itself)."""
-        return self._guidance_scale > 1 and self._guidance_embedding_dim() is None
-
+        return guidance_enabled(self._guidance_scale) and self._guidance_embedding_dim() is None
 
     @property
     def denoising_end(self) -> float | None:
@@ -313,7 +315,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapt
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
         denoising_end: float | None = None,
-        guidance_scale: float = 5.0,
+        guidance_scale: float | Sequence[float] = 5.0,
         negative_prompt: str | list[str] | None = None,
         negative_prompt_2: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
@@ -355,6 +357,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapt
         Not in diffusers: `prompt_syntax` "compel" (`word+`, `(words)1.2`, `word--`) or "a1111" (`(word:1.2)`,
         `(word)`, `[word]`) weights parts of the prompts with compel's formula (None: plain text, diffusers'
         encoding); `long_prompts=True` encodes prompts past 77 tokens in 77-token windows instead of truncating them.
+        `guidance_scale` may also be one scale per image (a batch of different requests: each image as if alone).
         """
         # a diffusers-style callback object carries the tensor names it wants
         callback_on_step_end_tensor_inputs = getattr(
@@ -375,6 +378,9 @@ class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapt
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
         self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
+        if not isinstance(guidance_scale, numbers.Real):  # one per image (ours): a batch of different requests
+            images = prompt_batch_size(prompt, prompt_embeds) * num_images_per_prompt
+            guidance_scale = guidance_per_image(guidance_scale, images)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._clip_skip = clip_skip

@@ -37,7 +37,8 @@ class UNetInputsMixin:
             )
         dim = self._guidance_embedding_dim()
         if dim is not None:
-            scale = torch.tensor(self.guidance_scale - 1).repeat(batch_size)
+            scale = torch.as_tensor(self.guidance_scale, dtype=torch.float32) - 1  # one number, or one per image
+            scale = scale.repeat(batch_size) if scale.ndim == 0 else scale
             extras["timestep_cond"] = self.get_guidance_scale_embedding(scale, embedding_dim=dim).to(device, dtype)
         return extras
 

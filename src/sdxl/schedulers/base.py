@@ -1,4 +1,4 @@
-"""The scheduler foundation: a frozen config with diffusers' keys, the shared diffusers-style API, a class registry.
+"""The scheduler foundation: the shared diffusers-style API over a frozen config (config.py), found by name (registry.py).
 
 A scheduler subclass declares its config dataclass (field names = diffusers' `__init__` keys, same defaults) and
 implements `_schedule` (timesteps and sigmas for `set_timesteps`), `step` and `add_noise`; everything else —
@@ -8,223 +8,27 @@ for img2img / refiner hand-off, `compatibles`, saving the config — lives here 
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from sdxl.schedulers.sigmas import BETA_SCHEDULES, make_alphas_cumprod, make_betas, rescale_zero_terminal_snr
+from sdxl.schedulers import registry
+from sdxl.schedulers.config import SchedulerConfig
+from sdxl.schedulers.registry import KARRAS_SCHEDULERS, register_scheduler_module, scheduler_class
+from sdxl.schedulers.schedule_types import schedule_sigmas
+from sdxl.schedulers.sigmas import make_alphas_cumprod, make_betas, rescale_zero_terminal_snr, training_sigmas
 
 logger = logging.getLogger(__name__)
 
-# diffusers' KarrasDiffusionSchedulers, in its order: what `compatibles` lists for every sampler below.
-KARRAS_SCHEDULERS: tuple[str, ...] = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "DEISMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "DPMSolverSDEScheduler",
-    "EDMEulerScheduler",
-)
-
-# class name -> module that defines it; imported on first lookup. Scheduler modules add themselves here
-# (register_scheduler_module) so `compatibles` and `scheduler_class` can find them without importing all.
-_MODULES: dict[str, str] = {
-    "EulerDiscreteScheduler": "sdxl.schedulers.euler",
-    "DPMSolverMultistepScheduler": "sdxl.schedulers.dpm_multistep",
-    "DDIMScheduler": "sdxl.schedulers.ddim",
-    "DDPMScheduler": "sdxl.schedulers.ddpm",
-    "PNDMScheduler": "sdxl.schedulers.pndm",
-    "DPMSolverSinglestepScheduler": "sdxl.schedulers.dpm_singlestep",
-    "DEISMultistepScheduler": "sdxl.schedulers.deis",
-    "UniPCMultistepScheduler": "sdxl.schedulers.unipc",
-    "EulerAncestralDiscreteScheduler": "sdxl.schedulers.euler_ancestral",
-    "HeunDiscreteScheduler": "sdxl.schedulers.heun",
-    "KDPM2DiscreteScheduler": "sdxl.schedulers.kdpm2",
-    "KDPM2AncestralDiscreteScheduler": "sdxl.schedulers.kdpm2",
-    "LMSDiscreteScheduler": "sdxl.schedulers.lms",
-    "DPMSolverSDEScheduler": "sdxl.schedulers.dpm_sde",
-}
-_CLASSES: dict[str, type[Scheduler]] = {}  # filled by Scheduler.__init_subclass__
-
-
-def register_scheduler_module(name: str, module: str) -> None:
-    """Make scheduler class `name`, defined in `module`, findable by `scheduler_class` and `compatibles`."""
-    _MODULES[name] = module
-
-
-def scheduler_class(name: str) -> type[Scheduler]:
-    """The scheduler class called `name` (diffusers' class name), importing its module if needed."""
-    if name not in _CLASSES and name in _MODULES:
-        importlib.import_module(_MODULES[name])
-    if name not in _CLASSES:
-        known = sorted(set(_CLASSES) | set(_MODULES))
-        raise ValueError(f"unknown scheduler {name!r}; available schedulers: {known}")
-    return _CLASSES[name]
-
-
-@dataclass(frozen=True, eq=False, kw_only=True)
-class SchedulerConfig(Mapping):
-    """A scheduler's frozen config: diffusers' keys as attributes, and a read-only mapping like diffusers' FrozenDict.
-
-    Beside its own fields it keeps diffusers' bookkeeping so configs travel between scheduler classes as they do
-    in diffusers: `_use_default_values` (fields left at their default, which another class must not inherit)
-    and `_hidden` (keys of other schedulers, `_class_name`, ... carried along unchanged).
-    """
-
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.0001
-    beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    trained_betas: tuple[float, ...] | None = None
-    prediction_type: str = "epsilon"
-    _use_default_values: tuple[str, ...] = field(default=(), repr=False)
-    _hidden: Mapping[str, Any] = field(default_factory=dict, repr=False)
-
-    # key -> supported values; keys not listed take any value of their type
-    choices: ClassVar[dict[str, tuple]] = {
-        "beta_schedule": BETA_SCHEDULES,
-        "prediction_type": ("epsilon", "v_prediction", "sample"),
-    }
-    # key -> {value of another scheduler: our equivalent}, applied before validation (as diffusers does)
-    aliases: ClassVar[dict[str, dict[Any, Any]]] = {}
-    sigma_schedule_keys: ClassVar[dict[str, str]] = {
-        "use_karras_sigmas": "karras",
-        "use_exponential_sigmas": "exponential",
-        "use_beta_sigmas": "beta",
-    }
-
-    def __post_init__(self) -> None:
-        for key, table in self.aliases.items():
-            value = getattr(self, key)
-            if isinstance(value, str) and value in table:
-                object.__setattr__(self, key, table[value])
-        if self.trained_betas is not None:
-            betas = np.asarray(self.trained_betas, dtype=np.float64).reshape(-1)
-            object.__setattr__(self, "trained_betas", tuple(float(b) for b in betas))
-        for key, supported in self.choices.items():
-            value = getattr(self, key)
-            if value not in supported:
-                raise ValueError(
-                    f"{self.scheduler_name} does not support {key}={value!r}; supported values: {supported}"
-                )
-        if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {self.num_train_timesteps!r}")
-        if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
-            raise ValueError(
-                f"trained_betas has {len(self.trained_betas)} values but num_train_timesteps is "
-                f"{self.num_train_timesteps}; give one beta per training timestep"
-            )
-        chosen = [key for key in self.sigma_schedule_keys if getattr(self, key, False)]
-        if len(chosen) > 1:
-            raise ValueError(f"{self.scheduler_name}: only one of {chosen} can be True")
-        self.validate()
-
-    def validate(self) -> None:
-        """Checks across keys; subclasses raise ValueError for combinations they do not support."""
-
-    @property
-    def scheduler_name(self) -> str:
-        return type(self).__name__.removesuffix("Config")
-
-    @property
-    def sigma_schedule(self) -> str | None:
-        """'karras', 'exponential', 'beta' (from the use_*_sigmas keys), or None for the interpolated schedule."""
-        for key, kind in self.sigma_schedule_keys.items():
-            if getattr(self, key, False):
-                return kind
-        return None
-
-    # --- construction ---
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        """The diffusers keys this config has (its public fields)."""
-        return tuple(f.name for f in dataclasses.fields(cls) if not f.name.startswith("_"))
-
-    @classmethod
-    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> SchedulerConfig:
-        """The config of `Scheduler(**kwargs)`: unknown keys are a TypeError, as for any Python call."""
-        names = cls.field_names()
-        unknown = sorted(set(kwargs) - set(names))
-        if unknown:
-            raise TypeError(
-                f"{cls.__name__.removesuffix('Config')} got unexpected config keys {unknown}; its keys are {list(names)}"
-            )
-        defaults = tuple(sorted(set(names) - set(kwargs)))
-        return cls(**kwargs, _use_default_values=defaults)
-
-    @classmethod
-    def from_mapping(
-        cls, source: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, class_name: str | None = None
-    ) -> tuple[SchedulerConfig, dict[str, Any]]:
-        """The config diffusers' `from_config(source, **overrides)` builds; returns it and the unused overrides.
-
-        Keys `source` left at their defaults (its `_use_default_values`) are not inherited. Keys this config
-        does not have are kept as hidden entries, so a round trip through another scheduler class keeps them.
-        """
-        overrides = dict(overrides or {})
-        used_defaults = set(source.get("_use_default_values", ()))
-        src = {k: v for k, v in source.items() if k not in used_defaults and k != "_use_default_values"}
-        names = cls.field_names()
-        given = {k: src[k] for k in names if k in src}
-        given.update({k: overrides.pop(k) for k in names if k in overrides})
-        hidden = {k: v for k, v in src.items() if k not in given}
-        if "_class_name" in hidden and class_name is not None:
-            hidden["_class_name"] = class_name
-        defaults = tuple(sorted(set(names) - set(given)))
-        return cls(**given, _use_default_values=defaults, _hidden=hidden), overrides
-
-    # --- read-only mapping (dict(config), config["key"], config.get("key")) ---
-
-    def __iter__(self):
-        yield from self.field_names()
-        if self._use_default_values:
-            yield "_use_default_values"
-        yield from self._hidden
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __getitem__(self, key: str) -> Any:
-        if key in self.field_names():
-            return getattr(self, key)
-        if key == "_use_default_values" and self._use_default_values:
-            return list(self._use_default_values)
-        if key in self._hidden:
-            return self._hidden[key]
-        raise KeyError(key)
-
-    def __getattr__(self, name: str) -> Any:
-        # only reached for names that are not fields: hidden keys read as attributes, as in diffusers
-        hidden = self.__dict__.get("_hidden", {})
-        if name in hidden:
-            return hidden[name]
-        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """What scheduler_config.json holds: every key except `_use_default_values`, lists for tuples."""
-        out = {k: v for k, v in self.items() if k != "_use_default_values"}
-        if out.get("trained_betas") is not None:
-            out["trained_betas"] = list(out["trained_betas"])
-        return out
-
+__all__ = [
+    "KARRAS_SCHEDULERS", "Scheduler", "SchedulerConfig", "SchedulerOutput", "register_scheduler_module", "scheduler_class",
+]
 
 @dataclass
 class SchedulerOutput:
@@ -257,10 +61,13 @@ class Scheduler:
     has_compatibles: ClassVar[bool] = True
     supports_custom_timesteps: ClassVar[bool] = True
     supports_custom_sigmas: ClassVar[bool] = True
+    min_custom_sigmas: ClassVar[int] = 2
+    supports_schedule_types: ClassVar[bool] = False  # True for the k-diffusion samplers (set_schedule_type)
+    custom_sigmas_meaning: ClassVar[str] = "the noise levels, the last one the final sigma"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _CLASSES[cls.__name__] = cls
+        registry.CLASSES[cls.__name__] = cls
 
     def __init__(self, config: SchedulerConfig | None = None, /, **kwargs: Any) -> None:
         if config is None:
@@ -273,6 +80,18 @@ class Scheduler:
                 f"use {type(self).__name__}.from_config(config) for a mapping or another scheduler's config"
             )
         self._config = config
+        self._init_betas()
+        self.num_inference_steps: int | None = None
+        self.timesteps: torch.Tensor
+        self.sigmas: torch.Tensor
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._schedule_type: tuple[str, float | None] | None = None
+        self._init_schedule()
+
+    def _init_betas(self) -> None:
+        """betas, alphas and alphas_cumprod of the training schedule (the EDM schedulers have none)."""
+        config = self._config
         betas = make_betas(
             config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end, config.trained_betas
         )
@@ -280,12 +99,6 @@ class Scheduler:
         self.betas = rescale_zero_terminal_snr(betas) if zero_snr else betas
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = make_alphas_cumprod(self.betas, zero_snr)
-        self.num_inference_steps: int | None = None
-        self.timesteps: torch.Tensor
-        self.sigmas: torch.Tensor
-        self._step_index: int | None = None
-        self._begin_index: int | None = None
-        self._init_schedule()
 
     # --- config ---
 
@@ -404,19 +217,48 @@ class Scheduler:
         if sigmas is not None:
             if not self.supports_custom_sigmas:
                 raise ValueError(f"{name} does not support custom sigmas; pass num_inference_steps or timesteps")
-            sigmas = np.asarray(sigmas)
-            if sigmas.ndim != 1 or len(sigmas) < 2:
+            sigmas = np.asarray(sigmas.cpu() if isinstance(sigmas, torch.Tensor) else sigmas)
+            if sigmas.ndim != 1 or len(sigmas) < self.min_custom_sigmas:
                 raise ValueError(
-                    f"sigmas must be a 1-D sequence of at least 2 values (the last is the final sigma), got shape {sigmas.shape}"
+                    f"sigmas must be a 1-D sequence of at least {self.min_custom_sigmas} values "
+                    f"({self.custom_sigmas_meaning}), got shape {sigmas.shape}"
                 )
         if num_inference_steps is not None:
             num_inference_steps = int(num_inference_steps)
-        schedule_timesteps, schedule_sigmas = self._schedule(num_inference_steps, timesteps, sigmas)
+            if self._schedule_type is not None:
+                name, rho = self._schedule_type
+                sigmas = schedule_sigmas(name, num_inference_steps, training_sigmas(self.alphas_cumprod).numpy(), rho)
+                num_inference_steps = None
+        schedule_timesteps, schedule_sigmas_ = self._schedule(num_inference_steps, timesteps, sigmas)
         self.timesteps = schedule_timesteps.to(device=device)
-        self.sigmas = schedule_sigmas.to("cpu")  # per-step scalars stay on the host, as in diffusers
+        self.sigmas = schedule_sigmas_.to("cpu")  # per-step scalars stay on the host, as in diffusers
         self._step_index = None
         self._begin_index = None
         self._prepare_steps()
+
+    # --- AUTOMATIC1111's schedule types ---
+
+    @property
+    def schedule_type(self) -> str | None:
+        """The A1111 schedule type `set_timesteps(n)` uses (schedule_types.py), or None for the config's own."""
+        return None if self._schedule_type is None else self._schedule_type[0]
+
+    def set_schedule_type(self, name: str | None, rho: float | None = None) -> None:
+        """Use AUTOMATIC1111's schedule type `name` ("karras", "align_your_steps", ... as /sdapi/v1/schedulers
+        names them; None or "automatic" for the config's own schedule) for every later `set_timesteps(n)`:
+        the noise levels come from that schedule over the training sigmas and run through this scheduler's own
+        custom-sigma path. `rho` overrides the default of karras (7) and polyexponential (1). Only the
+        k-diffusion samplers take schedule types; custom `timesteps`/`sigmas` still win when passed."""
+        if name is None or name == "automatic":
+            self._schedule_type = None
+            return
+        if not self.supports_schedule_types:
+            raise ValueError(
+                f"{type(self).__name__} takes no schedule type ({name!r}): schedule types apply to the k-diffusion "
+                "samplers (Euler, Euler a, Heun, LMS, DPM2, DPM2 a, DPM++ 2M/SDE/2S); use 'automatic' here"
+            )
+        schedule_sigmas(name, 2, training_sigmas(self.alphas_cumprod).numpy(), rho)  # a bad name or rho fails now
+        self._schedule_type = (name, rho)
 
     # --- step index (img2img and refiner start mid-schedule) ---
 

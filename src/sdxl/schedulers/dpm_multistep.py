@@ -252,12 +252,50 @@ def resample_in_range(cfg: SchedulerConfig, kind: str, train: np.ndarray, num_in
     return resample_sigmas(kind, sigma_min, sigma_max, num_inference_steps)
 
 
+def multistep_order(cfg: SolverConfig, i: int, n: int, lower_order_nums: int) -> int:
+    """The order of step i of n (diffusers' rules): it rises with the outputs collected so far and drops at the end
+    (first order for a final sigma of zero, `euler_at_final`, or `lower_order_final` under 15 steps)."""
+    final = i == n - 1 and (
+        cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero"
+    )
+    second = i == n - 2 and cfg.lower_order_final and n < 15
+    if cfg.solver_order == 1 or lower_order_nums < 1 or final:
+        return 1
+    if cfg.solver_order == 2 or lower_order_nums < 2 or second:
+        return 2
+    return 3
+
+
+def multistep_update(
+    cfg: SolverConfig, order: int, x: torch.Tensor, outs: list, points: list[VPPoint], i: int, noise=None
+) -> torch.Tensor:
+    """x at points[i + 1] from x at points[i] and the last `order` converted model outputs `outs`."""
+    algorithm, t = cfg.algorithm_type, points[i + 1]
+    if order == 1:
+        return first_order_update(algorithm, x, outs[-1], t, points[i], noise)
+    if order == 2:
+        return second_order_update(algorithm, cfg.solver_type, x, outs[-1], outs[-2], t, points[i], points[i - 1], noise)
+    return third_order_update(
+        algorithm, x, outs[-1], outs[-2], outs[-3], t, points[i], points[i - 1], points[i - 2], noise
+    )
+
+
+def custom_level_schedule(scheduler: Scheduler, sigmas: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int64 timesteps, float32 levels) of custom levels (a schedule type's, final level last) for the DPM-Solver
+    family: the timesteps are the levels' rounded fractional training timesteps, as their karras path has them."""
+    log_sigmas = np.log(training_sigmas(scheduler.alphas_cumprod).numpy())
+    scheduler.num_inference_steps = len(sigmas) - 1
+    timesteps = sigma_to_t(np.asarray(sigmas[:-1], dtype=np.float64), log_sigmas).round()
+    return torch.from_numpy(timesteps).to(torch.int64), torch.from_numpy(np.asarray(sigmas, dtype=np.float32))
+
+
 class DPMSolverMultistepScheduler(Scheduler):
     """DPM-Solver++ 2M (default), 3M, SDE and the original DPM-Solver, with diffusers' API."""
 
     config_class: ClassVar[type[SchedulerConfig]] = DPMSolverMultistepSchedulerConfig
     order: ClassVar[int] = 1
     supports_custom_sigmas: ClassVar[bool] = False
+    supports_schedule_types: ClassVar[bool] = True
 
     def _init_schedule(self) -> None:
         init_log_snr_schedule(self)
@@ -268,6 +306,8 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def _schedule(self, num_inference_steps, timesteps, sigmas):
         cfg = self.config
+        if sigmas is not None:  # a schedule type's levels: rounded timesteps, as DPM's karras path
+            return custom_level_schedule(self, sigmas)
         if timesteps is not None:
             timesteps = timesteps.astype(np.int64)
         else:
@@ -345,10 +385,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         cfg = self.config
         self._start_step(timestep)
         i, n = self._step_index, self._num_steps
-        lower_order_final = i == n - 1 and (
-            cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero"
-        )
-        lower_order_second = i == n - 2 and cfg.lower_order_final and n < 15
+        order = multistep_order(cfg, i, n, self.lower_order_nums)
 
         model_output = self.convert_model_output(model_output, sample)
         self.model_outputs = [*self.model_outputs[1:], model_output]
@@ -359,36 +396,7 @@ class DPMSolverMultistepScheduler(Scheduler):
                 noise = randn_tensor(model_output.shape, generator, model_output.device, torch.float32)
             else:
                 noise = variance_noise.to(device=model_output.device, dtype=torch.float32)
-
-        points = self._points
-        outs = self.model_outputs
-        if cfg.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
-            prev = first_order_update(cfg.algorithm_type, sample, model_output, points[i + 1], points[i], noise)
-        elif cfg.solver_order == 2 or self.lower_order_nums < 2 or lower_order_second:
-            prev = second_order_update(
-                cfg.algorithm_type,
-                cfg.solver_type,
-                sample,
-                outs[-1],
-                outs[-2],
-                points[i + 1],
-                points[i],
-                points[i - 1],
-                noise,
-            )
-        else:
-            prev = third_order_update(
-                cfg.algorithm_type,
-                sample,
-                outs[-1],
-                outs[-2],
-                outs[-3],
-                points[i + 1],
-                points[i],
-                points[i - 1],
-                points[i - 2],
-                noise,
-            )
+        prev = multistep_update(cfg, order, sample, self.model_outputs, self._points, i, noise)
         if self.lower_order_nums < cfg.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1

@@ -22,7 +22,7 @@ import torch
 
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
-from sdxl.schedulers.heun import DiscreteSigmaConfig, discrete_schedule, repeat_inner
+from sdxl.schedulers.heun import DiscreteSigmaConfig, discrete_schedule, final_sigma, repeat_inner, steps_of
 from sdxl.schedulers.k_family import SigmaSchedulerMixin, input_scales
 from sdxl.schedulers.sigmas import sigma_to_t
 
@@ -196,22 +196,29 @@ class DPMSolverSDEScheduler(SigmaSchedulerMixin, Scheduler):
     order: ClassVar[int] = 2
     supports_custom_timesteps: ClassVar[bool] = False
     supports_custom_sigmas: ClassVar[bool] = False
+    supports_schedule_types: ClassVar[bool] = True
 
     def _init_schedule(self) -> None:
         self.timesteps, self.sigmas = self._schedule(self.config.num_train_timesteps, None, None)
         self._prepare_steps()
 
     def _schedule(self, num_inference_steps, timesteps, sigmas):
-        self.num_inference_steps = num_inference_steps
+        self.num_inference_steps = steps_of(num_inference_steps, None, sigmas)
+        final = final_sigma(sigmas)
         timesteps, sigmas, log_sigmas = discrete_schedule(
-            self.config, self.alphas_cumprod, num_inference_steps, float32_timesteps=False, karras_config_range=False
+            self.config,
+            self.alphas_cumprod,
+            self.num_inference_steps,
+            float32_timesteps=False,
+            karras_config_range=False,
+            custom=sigmas,
         )
         # second passes: the timesteps of the log-sigma midpoints
         t = -np.log(sigmas)
         midpoints = sigma_to_t(np.exp(-(t[:-1] + np.diff(t) * 0.5)), log_sigmas)
         timesteps = repeat_inner(torch.from_numpy(np.asarray(timesteps, dtype=np.float64)), tail=0)
         timesteps[1::2] = torch.from_numpy(midpoints)
-        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        sigmas = torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))
         return timesteps, repeat_inner(sigmas)
 
     def _prepare_steps(self) -> None:

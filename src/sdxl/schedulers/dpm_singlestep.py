@@ -25,6 +25,7 @@ from sdxl.schedulers.dpm_multistep import (
     FLOW_MATCHING_OFF,
     SolverConfig,
     VPPoint,
+    custom_level_schedule,
     data_prediction,
     first_order_update,
     init_log_snr_schedule,
@@ -174,6 +175,7 @@ class DPMSolverSinglestepScheduler(Scheduler):
     config_class: ClassVar[type[SchedulerConfig]] = DPMSolverSinglestepSchedulerConfig
     order: ClassVar[int] = 1
     supports_custom_sigmas: ClassVar[bool] = False
+    supports_schedule_types: ClassVar[bool] = True
 
     def _init_schedule(self) -> None:
         reset_vp_schedule(self, False)  # no rescale_betas_zero_snr key in this scheduler
@@ -193,6 +195,10 @@ class DPMSolverSinglestepScheduler(Scheduler):
 
     def _schedule(self, num_inference_steps, timesteps, sigmas):
         cfg = self.config
+        if sigmas is not None:  # a schedule type's levels
+            timesteps, sigmas = custom_level_schedule(self, sigmas)
+            self._settle_orders(self.num_inference_steps)
+            return timesteps, sigmas
         if timesteps is not None:
             timesteps = timesteps.astype(np.int64)
             num_inference_steps = len(timesteps)
@@ -218,7 +224,13 @@ class DPMSolverSinglestepScheduler(Scheduler):
         sigma_last = train[0] if cfg.final_sigmas_type == "sigma_min" else 0.0
         sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
         self.num_inference_steps = num_inference_steps
-        # diffusers switches lower_order_final on in the config (for good) where blocks cannot end cleanly
+        self._settle_orders(num_inference_steps)
+        return torch.from_numpy(timesteps).to(torch.int64), torch.from_numpy(sigmas)
+
+    def _settle_orders(self, num_inference_steps: int) -> None:
+        """Each step's solver order; as diffusers, turn lower_order_final on (for good) where blocks cannot end
+        cleanly."""
+        cfg = self.config
         if not cfg.lower_order_final and num_inference_steps % cfg.solver_order != 0:
             logger.warning(
                 "DPMSolverSinglestepScheduler: %d steps do not split into blocks of %d; setting lower_order_final=True",
@@ -232,7 +244,6 @@ class DPMSolverSinglestepScheduler(Scheduler):
             )
             self._config = dataclasses.replace(cfg, lower_order_final=True)
         self.order_list = self._order_list(num_inference_steps)
-        return torch.from_numpy(timesteps).to(torch.int64), torch.from_numpy(sigmas)
 
     def _prepare_steps(self) -> None:
         self._points = [vp_point(s) for s in self.sigmas.unbind()]

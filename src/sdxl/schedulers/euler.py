@@ -82,11 +82,36 @@ def _per_element(fn, values: torch.Tensor) -> torch.Tensor:
     return torch.stack([fn(v) for v in values.unbind()]) if len(values) else values.clone()
 
 
+def churn(
+    scheduler: Scheduler,
+    i: int,
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator] | None,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sample, sigma_hat): Karras et al. (2022) Algorithm 2, lines 5-6: raise sigma_i to sigma_hat = (1 + gamma)
+    sigma_i by adding fresh noise, where sigma_i lies in [s_tmin, s_tmax]; gamma is 0 (no noise) without churn."""
+    sigma = scheduler._sigma[i]
+    # diffusers compares the float32 sigma tensor with the thresholds, i.e. in float32
+    inside = float(np.float32(s_tmin)) <= scheduler._sigma_float[i] <= float(np.float32(s_tmax))
+    gamma = min(s_churn / (len(scheduler._sigma) - 1), 2**0.5 - 1) if inside else 0.0
+    sigma_hat = sigma * (gamma + 1)
+    if gamma > 0:
+        noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
+        sample = sample + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+    return sample, sigma_hat
+
+
 class EulerDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     """Euler sampler over a discrete VP schedule (diffusers' default for SDXL)."""
 
     config_class: ClassVar[type[SchedulerConfig]] = EulerDiscreteSchedulerConfig
     order: ClassVar[int] = 1
+    supports_schedule_types: ClassVar[bool] = True
 
     def _init_schedule(self) -> None:
         sigmas = training_sigmas(self.alphas_cumprod).flip(0)
@@ -162,13 +187,7 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
         i = self._step_index
         sample = sample.to(torch.float32)
         sigma = self._sigma[i]
-        # diffusers compares the float32 sigma tensor with the thresholds, i.e. in float32
-        churn = float(np.float32(s_tmin)) <= self._sigma_float[i] <= float(np.float32(s_tmax))
-        gamma = min(s_churn / (len(self._sigma) - 1), 2**0.5 - 1) if churn else 0.0
-        sigma_hat = sigma * (gamma + 1)
-        if gamma > 0:
-            noise = randn_tensor(model_output.shape, generator, model_output.device, model_output.dtype)
-            sample = sample + noise * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        sample, sigma_hat = churn(self, i, sample, model_output, generator, s_churn, s_tmin, s_tmax, s_noise)
         denoised = euler_denoised(self.config.prediction_type, model_output, sample, sigma, sigma_hat)
         derivative = (sample - denoised) / sigma_hat
         prev_sample = (sample + derivative * (self._sigma[i + 1] - sigma_hat)).to(model_output.dtype)

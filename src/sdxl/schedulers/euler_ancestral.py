@@ -20,7 +20,7 @@ from sdxl.noise import randn_tensor
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
 from sdxl.schedulers.k_family import SigmaSchedulerMixin, input_scales
-from sdxl.schedulers.sigmas import TIMESTEP_SPACINGS, interp_sigmas, spaced_timesteps, training_sigmas
+from sdxl.schedulers.sigmas import TIMESTEP_SPACINGS, interp_sigmas, sigma_to_t, spaced_timesteps, training_sigmas
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     order: ClassVar[int] = 1
     supports_custom_timesteps: ClassVar[bool] = False
     supports_custom_sigmas: ClassVar[bool] = False
+    supports_schedule_types: ClassVar[bool] = True
 
     def _init_schedule(self) -> None:
         sigmas = training_sigmas(self.alphas_cumprod).flip(0)
@@ -64,11 +65,16 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
 
     def _schedule(self, num_inference_steps, timesteps, sigmas):
         cfg = self.config
+        train = training_sigmas(self.alphas_cumprod).numpy()
+        if sigmas is not None:  # a schedule type's levels: fractional timesteps, as Euler's custom sigmas
+            self.num_inference_steps = len(sigmas) - 1
+            sigmas = sigmas.astype(np.float32)
+            return torch.from_numpy(sigma_to_t(sigmas[:-1], np.log(train)).astype(np.float32)), torch.from_numpy(sigmas)
         self.num_inference_steps = num_inference_steps
         timesteps = spaced_timesteps(
             cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps, cfg.steps_offset
         ).astype(np.float32)
-        sigmas = interp_sigmas(timesteps, training_sigmas(self.alphas_cumprod).numpy())
+        sigmas = interp_sigmas(timesteps, train)
         sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
         return torch.from_numpy(timesteps), torch.from_numpy(sigmas)
 

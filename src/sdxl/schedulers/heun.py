@@ -56,15 +56,19 @@ def discrete_schedule(
     *,
     float32_timesteps: bool = True,
     karras_config_range: bool = True,
+    custom: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(timesteps, sigmas without the final zero, log training sigmas) of diffusers' k-diffusion ports (float64 sigmas).
 
     Spaced timesteps are float32 (float64 in DPM-SDE); resampled schedules span the interpolated sigmas' range
     (or `sigma_min`/`sigma_max` from the config; LMS and DPM-SDE ignore them for karras) and take fractional
-    timesteps.
+    timesteps, as do `custom` levels (a schedule type's, final level last).
     """
     train = training_sigmas(alphas_cumprod).numpy()  # float32, ascending in t
     log_sigmas = np.log(train)
+    if custom is not None:  # a schedule type's levels (the final one is the caller's): the resampled path
+        sigmas = np.asarray(custom[:-1], dtype=np.float64)
+        return sigma_to_t(sigmas, log_sigmas), sigmas, log_sigmas
     if timesteps is None:
         timesteps = spaced_timesteps(cfg.timestep_spacing, num_steps, cfg.num_train_timesteps, cfg.steps_offset)
     timesteps = timesteps.astype(np.float32 if float32_timesteps else np.float64)
@@ -79,6 +83,18 @@ def discrete_schedule(
         sigmas = resample_sigmas(kind, sigma_min, sigma_max, num_steps)
         timesteps = sigma_to_t(sigmas, log_sigmas)
     return timesteps, sigmas, log_sigmas
+
+
+def steps_of(num_inference_steps: int | None, timesteps: np.ndarray | None, sigmas: np.ndarray | None) -> int:
+    """The step count of a schedule given by a count, custom timesteps, or custom levels (final level last)."""
+    if num_inference_steps is not None:
+        return num_inference_steps
+    return len(timesteps) if timesteps is not None else len(sigmas) - 1
+
+
+def final_sigma(custom: np.ndarray | None) -> float:
+    """The level a run ends at: 0, or the last of custom levels."""
+    return 0.0 if custom is None else float(custom[-1])
 
 
 def repeat_inner(values: torch.Tensor, tail: int = 1) -> torch.Tensor:
@@ -100,6 +116,7 @@ class HeunDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     config_class: ClassVar[type[SchedulerConfig]] = HeunDiscreteSchedulerConfig
     order: ClassVar[int] = 2
     supports_custom_sigmas: ClassVar[bool] = False
+    supports_schedule_types: ClassVar[bool] = True
 
     def _init_schedule(self) -> None:
         # diffusers builds the training schedule with set_timesteps(num_train_timesteps)
@@ -107,9 +124,12 @@ class HeunDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
         self._prepare_steps()
 
     def _schedule(self, num_inference_steps, timesteps, sigmas):
-        self.num_inference_steps = num_inference_steps or len(timesteps)
-        timesteps, sigmas, _ = discrete_schedule(self.config, self.alphas_cumprod, self.num_inference_steps, timesteps)
-        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self.num_inference_steps = steps_of(num_inference_steps, timesteps, sigmas)
+        final = final_sigma(sigmas)
+        timesteps, sigmas, _ = discrete_schedule(
+            self.config, self.alphas_cumprod, self.num_inference_steps, timesteps, custom=sigmas
+        )
+        sigmas = torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))
         timesteps = torch.from_numpy(timesteps)
         return repeat_inner(timesteps, tail=0).to(torch.float32), repeat_inner(sigmas)
 

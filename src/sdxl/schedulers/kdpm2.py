@@ -18,7 +18,7 @@ import torch
 from sdxl.noise import randn_tensor
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
-from sdxl.schedulers.heun import DiscreteSigmaConfig, discrete_schedule
+from sdxl.schedulers.heun import DiscreteSigmaConfig, discrete_schedule, final_sigma, steps_of
 from sdxl.schedulers.k_family import SigmaSchedulerMixin, input_scales
 
 
@@ -66,6 +66,7 @@ class KDPM2DiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     order: ClassVar[int] = 2
     supports_custom_timesteps: ClassVar[bool] = False
     supports_custom_sigmas: ClassVar[bool] = False
+    supports_schedule_types: ClassVar[bool] = True
     ancestral: ClassVar[bool] = False
 
     def _init_schedule(self) -> None:
@@ -73,12 +74,15 @@ class KDPM2DiscreteScheduler(SigmaSchedulerMixin, Scheduler):
         self._prepare_steps()
 
     def _schedule(self, num_inference_steps, timesteps, sigmas):
-        self.num_inference_steps = num_inference_steps
-        timesteps, sigmas, log_sigmas = discrete_schedule(self.config, self.alphas_cumprod, num_inference_steps)
-        if self.config.sigma_schedule == "karras":
+        self.num_inference_steps = steps_of(num_inference_steps, None, sigmas)
+        custom, final = sigmas, final_sigma(sigmas)
+        timesteps, sigmas, log_sigmas = discrete_schedule(
+            self.config, self.alphas_cumprod, self.num_inference_steps, custom=custom
+        )
+        if self.config.sigma_schedule == "karras" and custom is None:
             timesteps = timesteps.round()  # KDPM2 rounds karras timesteps (float64)
         self.log_sigmas = torch.from_numpy(log_sigmas)
-        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))  # (N + 1,)
+        sigmas = torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))  # (N + 1,)
         if self.ancestral:
             sigmas_next = sigmas.roll(-1)
             sigmas_next[-1] = 0.0

@@ -17,7 +17,7 @@ import torch
 
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
 from sdxl.schedulers.euler import euler_denoised
-from sdxl.schedulers.heun import DiscreteSigmaConfig, discrete_schedule
+from sdxl.schedulers.heun import DiscreteSigmaConfig, discrete_schedule, final_sigma, steps_of
 from sdxl.schedulers.k_family import SigmaSchedulerMixin, input_scales
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class LMSDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
     order: ClassVar[int] = 1
     supports_custom_timesteps: ClassVar[bool] = False
     supports_custom_sigmas: ClassVar[bool] = False
+    supports_schedule_types: ClassVar[bool] = True
 
     def _init_schedule(self) -> None:
         self.timesteps, self.sigmas = self._schedule(self.config.num_train_timesteps, None, None)
@@ -62,11 +63,12 @@ class LMSDiscreteScheduler(SigmaSchedulerMixin, Scheduler):
         self._prepare_steps()
 
     def _schedule(self, num_inference_steps, timesteps, sigmas):
-        self.num_inference_steps = num_inference_steps
+        self.num_inference_steps = steps_of(num_inference_steps, None, sigmas)
+        final = final_sigma(sigmas)
         timesteps, sigmas, _ = discrete_schedule(
-            self.config, self.alphas_cumprod, num_inference_steps, karras_config_range=False
+            self.config, self.alphas_cumprod, self.num_inference_steps, karras_config_range=False, custom=sigmas
         )
-        sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        sigmas = torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))
         return torch.from_numpy(timesteps).to(torch.float32), sigmas
 
     def _prepare_steps(self) -> None:

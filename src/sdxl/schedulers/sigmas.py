@@ -117,7 +117,11 @@ def log_linear_sigmas(train_sigmas: np.ndarray, num_points: int) -> np.ndarray:
 
 def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
     """Karras et al. (2022) eq. 5, as k-diffusion get_sigmas_karras (without the appended zero)."""
-    ramp = np.linspace(0, 1, num_steps)
+    return karras_ramp(np.linspace(0, 1, num_steps), sigma_min, sigma_max, rho)
+
+
+def karras_ramp(ramp, sigma_min: float, sigma_max: float, rho: float = 7.0):
+    """Karras et al. (2022) eq. 5 at ramp positions in [0, 1] (0 -> sigma_max), in the ramp's type and dtype."""
     min_inv_rho = sigma_min ** (1 / rho)
     max_inv_rho = sigma_max ** (1 / rho)
     return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
