@@ -150,8 +150,8 @@ def test_lora_scale_is_not_supported(ours):
 
 
 def test_unknown_argument(ours):
-    with pytest.raises(TypeError, match="ip_adapter_image"):
-        call(ours, ip_adapter_image=object())
+    with pytest.raises(TypeError, match="controlnet_conditioning_scale"):  # a ControlNet pipeline's argument
+        call(ours, controlnet_conditioning_scale=0.5)
 
 
 def test_text_without_text_encoders(ours):

@@ -254,6 +254,15 @@ def denoise(
     callback can change them, as with diffusers.
     """
     unet, scheduler = pipe.unet, pipe.scheduler
+    # passed only when set, so UNet wrappers with diffusers' minimal call signature keep working
+    unet_options = {
+        k: v
+        for k, v in (
+            ("timestep_cond", state.get("timestep_cond")),
+            ("cross_attention_kwargs", getattr(pipe, "cross_attention_kwargs", None)),
+        )
+        if v is not None
+    }
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin_index)
     order = getattr(scheduler, "order", 1)
@@ -274,9 +283,7 @@ def denoise(
                 added_cond["image_embeds"] = state["image_embeds"]
             noise_pred = unet(
                 model_input, t, encoder_hidden_states=state["prompt_embeds"], added_cond_kwargs=added_cond,
-                timestep_cond=state.get("timestep_cond"),
-                cross_attention_kwargs=getattr(pipe, "cross_attention_kwargs", None),
-                return_dict=False,
+                return_dict=False, **unet_options,
             )[0]
             if do_cfg:
                 noise_pred = classifier_free_guidance(noise_pred, pipe.guidance_scale, pipe.guidance_rescale)
