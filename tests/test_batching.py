@@ -70,3 +70,12 @@ def test_guidance_per_image_in_the_pipeline(runner):
         pipe(prompts, guidance_scale=[3.0, 8.0, 5.0], num_inference_steps=1)
     with pytest.raises(ValueError, match="mixes guided"):
         pipe(prompts, guidance_scale=[1.0, 8.0], num_inference_steps=1)
+
+
+def test_lora_requests_run_alone():
+    from sdxl.batching import batch_key
+    from sdxl.params import GenerationParams
+
+    assert batch_key(GenerationParams("a cat", loras=(("style", 0.5),))) is None
+    assert batch_key(GenerationParams("a cat <lora:style:0.5>", prompt_syntax="a1111")) is None
+    assert batch_key(GenerationParams("a cat <lora:style:0.5>")) is not None  # plain syntax: just text

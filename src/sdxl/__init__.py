@@ -15,6 +15,7 @@ _LAZY = {
     # models
     "UNet2DConditionModel": "sdxl.models.unet",
     "AutoencoderKL": "sdxl.models.vae",
+    "AutoencoderTiny": "sdxl.models.vae_tiny",
     "CLIPTextModel": "sdxl.models.clip",
     "CLIPTextModelWithProjection": "sdxl.models.clip",
     "CLIPTextConfig": "sdxl.models.clip",

@@ -38,6 +38,8 @@ def batch_key(params: GenerationParams) -> str | None:
         return None
     if params.hires_scale is not None or params.subseed_strength:  # a second pass / own initial noise: alone
         return None
+    if params.loras or (params.prompt_syntax == "a1111" and any("<lora:" in t for t in texts)):  # LoRAs: alone
+        return None
     return json.dumps([
         params.model, params.width, params.height, params.steps, params.sampler, params.prompt_syntax,
         params.long_prompts, bool(params.negative_prompt), bool(params.prompt_2), params.guidance_scale > 1,
@@ -63,6 +65,7 @@ def run_batch(
     seeds = [resolve_seed(p.seed) for p in requests]
     pipe = runner.task_pipe(runner.load(first.model), TEXT2IMG)
     sampler = runner.set_sampler(pipe, first.sampler, first.schedule)
+    runner.apply_loras(pipe, first)  # none: a LoRA job before this batch must not stay active
     schedule = find_schedule(first.schedule)
     schedule = None if schedule.name == "automatic" else schedule.label
     # one row per image: (request index, its params, its seed)

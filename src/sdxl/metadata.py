@@ -46,6 +46,8 @@ def format_parameters(params: GenerationParams) -> str:
         settings["Refiner switch at"] = _format_number(params.refiner_switch_at)
     if params.prompt_2:
         settings["Prompt 2"] = _quote(params.prompt_2)
+    if params.lora_hashes:  # as A1111 writes it: Lora hashes: "name: hash, name2: hash2"
+        settings["Lora hashes"] = '"' + ", ".join(f"{name}: {h}" for name, h in params.lora_hashes) + '"'
     lines.append(", ".join(f"{key}: {value}" for key, value in settings.items() if value != ""))
     return "\n".join(lines)
 
@@ -123,3 +125,13 @@ def read_parameters(path: str | Path) -> dict[str, str]:
     with Image.open(path) as image:
         text = image.info.get(PARAMETERS_KEY)
     return parse_parameters(text) if text else {}
+
+
+def parse_lora_hashes(value: str) -> list[tuple[str, str]]:
+    """A parsed `Lora hashes` value ("name: hash, name2: hash2") -> [(name, hash), ...]."""
+    pairs = []
+    for item in value.split(","):
+        name, _, short = item.strip().rpartition(":")
+        if name:
+            pairs.append((name.strip(), short.strip()))
+    return pairs

@@ -109,6 +109,10 @@ class GenerationParams:
     # base + refiner ensemble: the refiner's name and the fraction of the schedule where it takes over
     refiner: str = ""
     refiner_switch_at: float | None = None
+    # LoRAs besides the prompt's <lora:NAME:WEIGHT> tags: (name in the LoRA folder, or file path; weight)
+    loras: tuple[tuple[str, float], ...] = ()
+    # what a run used, for the PNG metadata: (name, A1111 short hash) of every LoRA applied
+    lora_hashes: tuple[tuple[str, str], ...] = ()
     # A1111's "Schedule type" (a label or name of SCHEDULE_TYPES; None or "Automatic": the sampler's own)
     schedule: str | None = None
     # hires fix (text-to-image): upscale by hires_scale with hires_upscaler (UPSCALERS), then redraw as image-to-image

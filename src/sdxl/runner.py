@@ -127,11 +127,13 @@ class Runner:
 
     `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars. `resolve` maps the model
     names in `GenerationParams` to what is loaded (a folder, a `.safetensors` file, a hub id or a demo alias); by
-    default a name is its own source.
+    default a name is its own source. LoRA names are files or names in `lora_dir`, or whatever `resolve_lora`
+    (name -> file path) accepts when given (the server allows names inside its LoRA folder only).
     """
 
     def __init__(
-        self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True, resolve: Callable[[str], str] = str
+        self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True, resolve: Callable[[str], str] = str,
+        lora_dir: Any = None, resolve_lora: Callable[[str], Any] | None = None,
     ):
         import torch
 
@@ -139,6 +141,8 @@ class Runner:
         self.dtype = dtype if dtype is not None else torch.float32
         self.quiet = quiet
         self.resolve = resolve
+        self.lora_dir = lora_dir  # where LoRA names (<lora:NAME:W> tags, params.loras) are looked up
+        self.resolve_lora = resolve_lora
         self._base: tuple[str, Any] | None = None
         self._refiner: tuple[str, Any] | None = None
 
@@ -225,10 +229,11 @@ class Runner:
         seed = resolve_seed(params.seed)
         base = self.task_pipe(self.load(params.model), mode)
         sampler = self.set_sampler(base, params.sampler, params.schedule)
+        prompt, lora_hashes = self.apply_loras(base, params)
         # one CPU generator per image: image i of a batch is the image of seed + i alone (diffusers' generator lists)
         generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
         common = dict(
-            prompt=params.prompt,
+            prompt=prompt,
             prompt_2=params.prompt_2 or None,
             negative_prompt=params.negative_prompt or None,
             num_inference_steps=params.steps,
@@ -277,7 +282,8 @@ class Runner:
                 images = refiner(**refine, callback_on_step_end=progress.callback("refiner")).images
         check_images(images)
         schedule = find_schedule(params.schedule)
-        used = replace(params, seed=seed, sampler=sampler, schedule=None if schedule.name == "automatic" else schedule.label)
+        used = replace(params, seed=seed, sampler=sampler, schedule=None if schedule.name == "automatic" else schedule.label,
+                       lora_hashes=lora_hashes)
         if subseed is not None:
             used = replace(used, subseed=subseed)
         results = []
@@ -289,6 +295,31 @@ class Runner:
                 one = replace(one, subseed=subseed + i)
             results.append(GeneratedImage(img, one))
         return results
+
+    def apply_loras(self, pipe: Any, params: GenerationParams) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """Activate the LoRAs of `params.loras` and of the prompt's `<lora:NAME:WEIGHT>` tags (with the "a1111"
+        syntax) on the base pipeline, each file loaded once as an adapter named by its file stem; no LoRA at all
+        when there are none. Returns the prompt without its tags and the (name, A1111 hash) of each LoRA used."""
+        from sdxl.loading.lora_files import a1111_lora_hash, find_lora
+        from sdxl.prompts.lora_tags import extract_lora_tags, merge_lora_choices
+
+        prompt, tags = params.prompt, []
+        if params.prompt_syntax == "a1111":
+            prompt, tags = extract_lora_tags(params.prompt)
+        chosen = merge_lora_choices(list(params.loras), tags)
+        loaded = pipe.get_list_adapters()
+        names, weights, hashes = [], [], []
+        for name, weight in chosen:
+            path = self.resolve_lora(name) if self.resolve_lora else find_lora(name, self.lora_dir)
+            adapter = path.stem
+            if not any(adapter in v for v in loaded.values()):
+                pipe.load_lora_weights(path, adapter_name=adapter)
+            names.append(adapter)
+            weights.append(float(weight))
+            hashes.append((adapter, a1111_lora_hash(path)))
+        if names or loaded:
+            pipe.set_adapters(names, weights)
+        return prompt, tuple(hashes)
 
     def set_sampler(self, pipe: Any, name: str | None, schedule: str | None = None) -> str:
         """Give `pipe` a fresh scheduler from its model's own config (with the sampler's options when `name` is

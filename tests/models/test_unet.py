@@ -177,6 +177,7 @@ def test_call_forms():
         ({"attention_mask": torch.ones(2, 7)}, "attention_mask"),
         ({"controlnet_cond": torch.zeros(1)}, "controlnet_cond"),
         ({"cross_attention_kwargs": {"gligen": {}}}, "cross_attention_kwargs keys \\['gligen'\\]"),
+        ({"cross_attention_kwargs": {"scale": "big"}}, "must be a number"),
     ],
 )
 def test_unsupported_forward_kwargs_are_type_errors(kwargs, match):

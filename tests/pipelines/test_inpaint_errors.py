@@ -139,5 +139,5 @@ def test_unet_with_other_input_channels(ours_nine):
 
 
 def test_unknown_callback_tensor(ours_nine):
-    with pytest.raises(ValueError, match=r"may only name .*'mask', 'masked_image_latents'\].*\['noise'\]"):
+    with pytest.raises(ValueError, match=r"may only name .*'mask', 'masked_image_latents', 'denoised'\].*\['noise'\]"):
         call(ours_nine, callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"])

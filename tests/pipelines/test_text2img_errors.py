@@ -144,9 +144,9 @@ def test_micro_conditioning_not_a_pair(ours):
         call(ours, original_size=(64, 64, 3))
 
 
-def test_lora_scale_is_not_supported(ours):
-    with pytest.raises(ValueError, match="`lora_scale` is not supported yet"):
-        ours.encode_prompt("a cat", lora_scale=0.5)
+def test_cross_attention_kwargs_other_than_scale_and_ip_masks_are_refused(ours):
+    with pytest.raises(TypeError, match=r"cross_attention_kwargs keys \['gligen'\]"):
+        call(ours, cross_attention_kwargs={"gligen": None, "ip_adapter_masks": None})
 
 
 def test_unknown_argument(ours):

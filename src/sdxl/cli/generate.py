@@ -99,6 +99,12 @@ def _add_generation_flags(parser: argparse.ArgumentParser, *, size: bool) -> Non
         default=True,
         help="encode prompts past 77 tokens in windows instead of truncating them (default: on)",
     )
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                        help="apply a LoRA (a .safetensors file, or a name in --lora-dir) with a weight (default 1); "
+                             "repeat for several")
+    parser.add_argument("--lora-dir", default=None, metavar="DIR",
+                        help="folder of LoRA files, for --lora NAME and <lora:NAME:WEIGHT> prompt tags "
+                             "(with --prompt-syntax a1111)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto = float16 on GPU, float32 on CPU")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (default: auto)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -159,6 +165,7 @@ def params_from_args(args: argparse.Namespace) -> GenerationParams:
         padding_mask_crop=getattr(args, "padding_mask_crop", None),
         refiner=args.refiner or "",
         refiner_switch_at=args.refiner_start if args.refiner else None,
+        loras=tuple(parse_lora_flag(value) for value in args.lora),
     )
     return replace(params, **_sampling_fields(args))
 
@@ -173,6 +180,17 @@ def _sampling_fields(args: argparse.Namespace) -> dict:
     if getattr(args, "subseed_strength", 0.0):
         fields.update(subseed=args.subseed, subseed_strength=args.subseed_strength)
     return fields
+
+
+def parse_lora_flag(value: str) -> tuple[str, float]:
+    """`--lora FILE[:WEIGHT]` -> (FILE, WEIGHT); a trailing `:number` is the weight (default 1.0)."""
+    head, sep, tail = value.rpartition(":")
+    if sep and head and not tail.startswith(("/", "\\")):
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return value, 1.0
 
 
 def _check_files(args: argparse.Namespace) -> None:
@@ -201,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     from sdxl.utils import load_image
 
     device = resolve_device(args.device)
-    runner = Runner(device, resolve_dtype(args.dtype, device), quiet=args.quiet)
+    runner = Runner(device, resolve_dtype(args.dtype, device), quiet=args.quiet, lora_dir=args.lora_dir)
     image = load_image(args.image) if getattr(args, "image", None) else None
     mask = load_image(args.mask) if getattr(args, "mask", None) else None
     mode_of(image, mask)

@@ -23,6 +23,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "(default: demo)")
     serve.add_argument("--models-dir", default=None,
                        help="a folder of checkpoints clients may choose by name (diffusers folders, .safetensors)")
+    serve.add_argument("--lora-dir", default=None,
+                       help="a folder of LoRA .safetensors files clients may apply by name (<lora:NAME:WEIGHT>)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1; any other needs --token)")
     serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -54,6 +56,7 @@ def config_from_args(args: argparse.Namespace):
     config = ServerConfig(
         model=args.model,
         models_dir=Path(args.models_dir) if args.models_dir else None,
+        lora_dir=Path(args.lora_dir) if args.lora_dir else None,
         data_dir=Path(args.data),
         host=args.host,
         port=args.port,

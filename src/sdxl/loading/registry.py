@@ -29,6 +29,7 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "UNet2DConditionModel": ModelEntry("sdxl.models.unet", "UNetConfig"),
     "AutoencoderKL": ModelEntry("sdxl.models.vae", "VAEConfig"),
+    "AutoencoderTiny": ModelEntry("sdxl.models.vae_tiny", "AutoencoderTinyConfig"),
     "CLIPTextModel": ModelEntry("sdxl.models.clip", "CLIPTextConfig", keymap="clip_text"),
     "CLIPTextModelWithProjection": ModelEntry("sdxl.models.clip", "CLIPTextConfig", keymap="clip_text"),
     "CLIPVisionModelWithProjection": ModelEntry("sdxl.models.clip_vision", "CLIPVisionConfig", keymap="clip_vision"),

@@ -27,6 +27,7 @@ from .layers import (
     build_config,
     timestep_embedding,
 )
+from .lora import call_scale, check_cross_attention_kwargs
 from .unet_adapters import UNetAdaptersMixin
 from .unet_blocks import DownBlock, MidBlock, UpBlock
 from .unet_config import UNetConfig
@@ -44,8 +45,6 @@ _UNSUPPORTED_FORWARD_KWARGS = frozenset(
     }
 )
 _ADDED_COND_KEYS = frozenset({"text_embeds", "time_ids", "image_embeds"})
-# `scale` is the LoRA scale diffusers reads here (no effect without LoRA layers); the masks go to IP-Adapter layers.
-_CROSS_ATTENTION_KWARGS = frozenset({"scale", "ip_adapter_masks"})
 
 
 @dataclass
@@ -158,13 +157,8 @@ class UNet2DConditionModel(UNetAdaptersMixin, AttentionProcessorsMixin, Configur
                 raise TypeError(f"UNet2DConditionModel.forward() got an unexpected keyword argument {key!r}")
             if value is not None:
                 raise TypeError(f"UNet2DConditionModel.forward(): {key} is not supported by sdxl (pass None)")
-        cross_attention_kwargs = dict(cross_attention_kwargs or {})
-        unknown = sorted(set(cross_attention_kwargs) - _CROSS_ATTENTION_KWARGS)
-        if unknown:
-            raise TypeError(
-                f"UNet2DConditionModel.forward(): cross_attention_kwargs keys {unknown} are not supported "
-                f"(sdxl takes {sorted(_CROSS_ATTENTION_KWARGS)})"
-            )
+        lora_scale = check_cross_attention_kwargs(cross_attention_kwargs)
+        ip_adapter_masks = (cross_attention_kwargs or {}).get("ip_adapter_masks")
         image_embeds = None
         if added_cond_kwargs is not None:
             if not isinstance(added_cond_kwargs, Mapping):
@@ -179,10 +173,11 @@ class UNet2DConditionModel(UNetAdaptersMixin, AttentionProcessorsMixin, Configur
         if not torch.is_tensor(timestep):
             # diffusers makes an int64/float64 tensor that the embedding casts to float32: same values.
             timestep = torch.full((sample.shape[0],), timestep, dtype=torch.float32, device=sample.device)
-        out = self.predict(
-            sample, timestep, encoder_hidden_states, text_embeds, time_ids, timestep_cond,
-            image_embeds=image_embeds, ip_adapter_masks=cross_attention_kwargs.get("ip_adapter_masks"),
-        )
+        with call_scale(self, lora_scale):
+            out = self.predict(
+                sample, timestep, encoder_hidden_states, text_embeds, time_ids, timestep_cond,
+                image_embeds=image_embeds, ip_adapter_masks=ip_adapter_masks,
+            )
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
     def predict(

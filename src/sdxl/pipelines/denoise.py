@@ -243,6 +243,7 @@ def denoise(
     model_input_hook: Callable[[torch.Tensor, dict], torch.Tensor] | None = None,
     after_step_hook: Callable[[int, torch.Tensor, torch.Tensor, dict], torch.Tensor] | None = None,
     begin_index: int = 0,
+    cross_attention_kwargs: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Run the sampler over `timesteps`; return the final latents.
 
@@ -254,15 +255,10 @@ def denoise(
     callback can change them, as with diffusers.
     """
     unet, scheduler = pipe.unet, pipe.scheduler
-    # passed only when set, so UNet wrappers with diffusers' minimal call signature keep working
-    unet_options = {
-        k: v
-        for k, v in (
-            ("timestep_cond", state.get("timestep_cond")),
-            ("cross_attention_kwargs", getattr(pipe, "cross_attention_kwargs", None)),
-        )
-        if v is not None
-    }
+    # only when given: UNets written against diffusers' older signatures (and test stand-ins) need not take them
+    unet_kwargs = {"cross_attention_kwargs": cross_attention_kwargs} if cross_attention_kwargs else {}
+    if state.get("timestep_cond") is not None:  # guidance-distilled (LCM) UNets
+        unet_kwargs["timestep_cond"] = state["timestep_cond"]
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin_index)
     order = getattr(scheduler, "order", 1)
@@ -283,7 +279,7 @@ def denoise(
                 added_cond["image_embeds"] = state["image_embeds"]
             noise_pred = unet(
                 model_input, t, encoder_hidden_states=state["prompt_embeds"], added_cond_kwargs=added_cond,
-                return_dict=False, **unet_options,
+                return_dict=False, **unet_kwargs,
             )[0]
             if do_cfg:
                 noise_pred = classifier_free_guidance(noise_pred, pipe.guidance_scale, pipe.guidance_rescale)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sdxl.models.lora import check_cross_attention_kwargs
 from sdxl.pipelines.denoise import (
     check_denoising_fraction,
     denoise,
@@ -30,6 +31,7 @@ from sdxl.pipelines.img2img_common import (
     img2img_timesteps,
     prepare_img2img_latents,
 )
+from sdxl.pipelines.lora import with_prompt_loras
 from sdxl.pipelines.text2img import IMAGE_MODE_COMPONENTS, StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
 from sdxl.prompts.encode import prompt_batch_size
 
@@ -119,6 +121,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
     # ---- the call ---------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @with_prompt_loras
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -208,6 +211,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
             negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
             pooled_prompt_embeds, negative_pooled_prompt_embeds, clip_skip=clip_skip,
             prompt_syntax=prompt_syntax, long_prompts=long_prompts,
+            lora_scale=check_cross_attention_kwargs(cross_attention_kwargs),
         )
         dtype = prompt_embeds.dtype
 
@@ -257,6 +261,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
             progress_total=num_inference_steps,
             step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
             callback_on_step_end=callback_on_step_end,
+            cross_attention_kwargs=cross_attention_kwargs,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             begin_index=begin_index,
         )

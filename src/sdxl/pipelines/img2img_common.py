@@ -58,6 +58,13 @@ def img2img_timesteps(
     return all_timesteps[begin_index:], n_steps, begin_index
 
 
+def retrieve_latents(encoded: Any, generator: Generator) -> torch.Tensor:
+    """A sample of the posterior (`AutoencoderKL`), or the latents themselves (`AutoencoderTiny`, which has no
+    posterior and draws no random numbers), as diffusers' `retrieve_latents`."""
+    dist = getattr(encoded, "latent_dist", None)
+    return dist.sample(generator) if dist is not None else encoded.latents
+
+
 def encode_image_latents(
     vae: Any, image: torch.Tensor, generator: Generator, *, use_latents_stats: bool = False
 ) -> torch.Tensor:
@@ -83,10 +90,10 @@ def encode_image_latents(
                     f"A list of {len(generator)} generators was passed for {image.shape[0]} images to encode: pass one "
                     "generator per image, or a single generator."
                 )
-            rows = [vae.encode(image[i : i + 1]).latent_dist.sample(generator[i]) for i in range(image.shape[0])]
+            rows = [retrieve_latents(vae.encode(image[i : i + 1]), generator[i]) for i in range(image.shape[0])]
             latents = torch.cat(rows, dim=0)
         else:
-            latents = vae.encode(image).latent_dist.sample(generator)
+            latents = retrieve_latents(vae.encode(image), generator)
     finally:
         if upcast:
             _cast_weights(vae, vae_dtype)

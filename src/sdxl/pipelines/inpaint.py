@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from sdxl.image import VaeImageProcessor, masked_image
+from sdxl.models.lora import check_cross_attention_kwargs
 from sdxl.pipelines.denoise import (
     decode_latents,
     denoise,
@@ -29,6 +30,7 @@ from sdxl.pipelines.img2img_common import (
     img2img_timesteps,
 )
 from sdxl.pipelines.inpaint_steps import InpaintStepsMixin
+from sdxl.pipelines.lora import with_prompt_loras
 from sdxl.pipelines.text2img import IMAGE_MODE_COMPONENTS, StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
 from sdxl.prompts.encode import prompt_batch_size
 
@@ -84,6 +86,7 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
     # ---- the call ---------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @with_prompt_loras
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -198,6 +201,7 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
             negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
             pooled_prompt_embeds, negative_pooled_prompt_embeds, clip_skip=clip_skip,
             prompt_syntax=prompt_syntax, long_prompts=long_prompts,
+            lora_scale=check_cross_attention_kwargs(cross_attention_kwargs),
         )
         dtype = prompt_embeds.dtype
 
@@ -266,6 +270,7 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
             progress_total=num_inference_steps,
             step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
             callback_on_step_end=callback_on_step_end,
+            cross_attention_kwargs=cross_attention_kwargs,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             model_input_hook=model_input_hook,
             after_step_hook=after_step_hook,

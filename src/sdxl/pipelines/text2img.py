@@ -14,6 +14,7 @@ import torch
 
 from sdxl.image import VaeImageProcessor, check_output_type, postprocess
 from sdxl.loading.weights import load_file
+from sdxl.models.lora import check_cross_attention_kwargs
 from sdxl.pipelines.base import DiffusionPipeline, PipelineOutput
 from sdxl.pipelines.denoise import (
     CALLBACK_TENSOR_INPUTS,
@@ -30,6 +31,7 @@ from sdxl.pipelines.denoise import (
     steps_before_denoising_end,
 )
 from sdxl.pipelines.ip_adapter import IPAdapterMixin
+from sdxl.pipelines.lora import LoraLoaderMixin, with_prompt_loras
 from sdxl.pipelines.sd_mixin import StableDiffusionMixin
 from sdxl.pipelines.unet_inputs import UNetInputsMixin
 from sdxl.prompts.embeddings import add_textual_inversion
@@ -70,7 +72,9 @@ class StableDiffusionXLPipelineOutput(PipelineOutput):
     """`images`: list of PIL images, (B, H, W, 3) float32 array, or tensor, per `output_type`."""
 
 
-class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapterMixin, UNetInputsMixin):
+class StableDiffusionXLPipeline(
+    LoraLoaderMixin, DiffusionPipeline, StableDiffusionMixin, IPAdapterMixin, UNetInputsMixin
+):
     """Stable Diffusion XL text-to-image.
 
     Components: `vae`, `text_encoder` (CLIP ViT-L), `text_encoder_2` (OpenCLIP ViT-bigG with projection), their
@@ -181,20 +185,19 @@ class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapt
         """(prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds), as
         diffusers' method of the same name (see `sdxl.prompts.encode.encode_prompt`); `prompt_syntax` and
         `long_prompts` as in `__call__`."""
-        if lora_scale is not None:
-            raise ValueError("`lora_scale` is not supported yet: sdxl has no LoRA support.")
-        return encode_prompt(
-            tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-            tokenizer_2=self.tokenizer_2, text_encoder_2=self.text_encoder_2,
-            prompt=prompt, prompt_2=prompt_2, device=device or self.device,
-            num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_classifier_free_guidance,
-            negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            clip_skip=clip_skip, force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
-            dtype=self.unet.dtype if self.unet is not None else None, prompt_syntax=prompt_syntax,
-            long_prompts=long_prompts,
-        )
+        with self.lora_call_scale(lora_scale, ("text_encoder", "text_encoder_2")):
+            return encode_prompt(
+                tokenizer=self.tokenizer, text_encoder=self.text_encoder,
+                tokenizer_2=self.tokenizer_2, text_encoder_2=self.text_encoder_2,
+                prompt=prompt, prompt_2=prompt_2, device=device or self.device,
+                num_images_per_prompt=num_images_per_prompt, do_classifier_free_guidance=do_classifier_free_guidance,
+                negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                clip_skip=clip_skip, force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
+                dtype=self.unet.dtype if self.unet is not None else None, prompt_syntax=prompt_syntax,
+                long_prompts=long_prompts,
+            )
 
     def load_textual_inversion(
         self,
@@ -305,6 +308,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapt
     # ---- the call ---------------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
+    @with_prompt_loras
     def __call__(
         self,
         prompt: str | list[str] | None = None,
@@ -350,7 +354,8 @@ class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapt
         With IP-Adapters loaded, `ip_adapter_image` (one image, or a list with one per adapter) or
         `ip_adapter_image_embeds` (one (2B or B, n_images, ...) tensor per adapter, [negative; positive] under
         guidance) conditions on images; `cross_attention_kwargs` goes to the UNet ({"ip_adapter_masks": [...]},
-        diffusers' LoRA {"scale": s}). `denoising_end` must be a float strictly inside (0, 1) (diffusers silently ignores other values).
+        diffusers' LoRA {"scale": s}). `denoising_end` must be a float strictly inside (0, 1) (diffusers silently
+        ignores other values).
         Negative micro-conditioning applies only when both `negative_original_size` and `negative_target_size` are
         given, as in diffusers.
 
@@ -404,6 +409,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapt
             negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
             pooled_prompt_embeds, negative_pooled_prompt_embeds, clip_skip=clip_skip,
             prompt_syntax=prompt_syntax, long_prompts=long_prompts,
+            lora_scale=check_cross_attention_kwargs(cross_attention_kwargs),
         )
 
         # 4. initial noise, in the prompt dtype (the pipeline's)
@@ -443,6 +449,7 @@ class StableDiffusionXLPipeline(DiffusionPipeline, StableDiffusionMixin, IPAdapt
             progress_total=num_inference_steps,
             step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
             callback_on_step_end=callback_on_step_end,
+            cross_attention_kwargs=cross_attention_kwargs,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
 

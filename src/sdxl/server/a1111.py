@@ -209,7 +209,17 @@ def build_router(service: Service) -> APIRouter:
         return None
 
     # lists A1111 clients read at start-up: this server has none of these
-    for path in ("sd-vae", "loras", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles",
+    @router.get("/loras", summary="LoRA files in --lora-dir (apply with <lora:NAME:WEIGHT> in the prompt)")
+    def loras() -> list[dict]:
+        root = service.loras.lora_dir
+        return [{"name": name, "alias": name, "path": str(path.relative_to(root)), "metadata": {}}
+                for name, path in service.loras.entries().items()]
+
+    @router.post("/refresh-loras", summary="Rescan the LoRA folder (it is read on every request)")
+    def refresh_loras() -> None:
+        return None
+
+    for path in ("sd-vae", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles",
                  "sd-modules"):
         router.add_api_route(f"/{path}", _empty_list, methods=["GET"], summary="(none on this server)")
 

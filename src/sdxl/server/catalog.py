@@ -18,7 +18,7 @@ class ModelNotFound(LookupError):
 
 
 class UnsafeModelName(ValueError):
-    """A path, URL or other name that is not a plain model name (a 400)."""
+    """A path, URL or other name that is not a plain model or LoRA name (a 400)."""
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,34 @@ def _is_refiner_folder(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return bool(index.get("requires_aesthetics_score")) or index.get("text_encoder") in (None, [None, None])
+
+
+class LoraCatalog:
+    """LoRA files a server may apply, by name: the `.safetensors` files under `--lora-dir` (subfolders too) whose
+    real path is inside it, named by file stem as A1111 names them. Prompt tags `<lora:NAME:W>` resolve here only."""
+
+    def __init__(self, lora_dir: str | Path | None):
+        self.lora_dir = Path(lora_dir).resolve() if lora_dir is not None else None
+
+    def entries(self) -> dict[str, Path]:
+        """name -> real path, read afresh (files added to the folder appear)."""
+        if self.lora_dir is None or not self.lora_dir.is_dir():
+            return {}
+        found: dict[str, Path] = {}
+        for path in sorted(self.lora_dir.rglob("*.safetensors")):
+            real = path.resolve()
+            if real.is_file() and _inside(real, self.lora_dir):
+                found.setdefault(path.stem, real)
+        return found
+
+    def resolve(self, name: str) -> Path:
+        """The file of LoRA `name` (UnsafeModelName for paths and URLs, ModelNotFound for unknown names)."""
+        check_plain_name(name)
+        entries = self.entries()
+        path = entries.get(name.removesuffix(".safetensors"))
+        if path is None:
+            if self.lora_dir is None:
+                raise ModelNotFound(f"no LoRA named {name!r}: this server has no LoRA folder (sdxl serve --lora-dir)")
+            known = ", ".join(sorted(entries)) or "none"
+            raise ModelNotFound(f"no LoRA named {name!r}; the server has: {known}")
+        return path

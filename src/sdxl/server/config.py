@@ -27,6 +27,7 @@ class ServerConfig:
 
     model: str = "demo"
     models_dir: Path | None = None
+    lora_dir: Path | None = None
     data_dir: Path = Path("sdxl-data")
     host: str = "127.0.0.1"
     port: int = 7860
@@ -52,8 +53,9 @@ class ServerConfig:
             raise ValueError(f"--port must be between 1 and 65535 (got {self.port})")
         if self.preview_every < 0:
             raise ValueError(f"--preview-every must be 0 (off) or more steps (got {self.preview_every})")
-        if self.models_dir is not None and not Path(self.models_dir).is_dir():
-            raise ValueError(f"--models-dir {self.models_dir} is not a folder")
+        for flag, folder in (("--models-dir", self.models_dir), ("--lora-dir", self.lora_dir)):
+            if folder is not None and not Path(folder).is_dir():
+                raise ValueError(f"{flag} {folder} is not a folder")
 
 
 def is_loopback(host: str) -> bool:

@@ -46,6 +46,8 @@ class JobRequest(BaseModel):
     hires_strength: float = Field(0.5, gt=0, le=1, description="hires fix denoising strength")
     subseed: int | None = Field(None, ge=-1, lt=2**32, description="variation seed (-1: random)")
     subseed_strength: float = Field(0.0, ge=0, le=1, description="how far towards the variation seed's noise")
+    loras: list[tuple[str, float]] = Field([], max_length=16,
+                                           description="[[name, weight], ...] from GET /v1/capabilities' loras")
     seed: int | None = Field(None, ge=-1, lt=2**32, description="-1 or null: random; the seed used is reported")
     width: int | None = Field(None, ge=8, description="multiple of 8 (default: the model's size)")
     height: int | None = Field(None, ge=8, description="multiple of 8 (default: the model's size)")
@@ -75,6 +77,7 @@ class JobRequest(BaseModel):
             long_prompts=self.long_prompts,
             refiner=self.refiner or "",
             refiner_switch_at=self.refiner_switch_at if self.refiner else None,
+            loras=tuple((name, float(weight)) for name, weight in self.loras),
         )
         if self.subseed_strength:
             fields.update(subseed=self.subseed, subseed_strength=self.subseed_strength)
@@ -159,6 +162,7 @@ def build_router(service: Service) -> APIRouter:
             "samplers": [s.name for s in SAMPLERS.values()],
             "schedule_types": [t.label for t in SCHEDULE_TYPES],
             "hires_upscalers": [u.name for u in UPSCALERS],
+            "loras": sorted(service.loras.entries()),
             "prompt_syntaxes": list(PROMPT_SYNTAXES),
             "limits": vars(limits),
             "defaults": {

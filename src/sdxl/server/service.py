@@ -12,7 +12,7 @@ from typing import Any
 from sdxl.batching import batch_key
 from sdxl.params import SAMPLERS, GenerationParams, find_sampler, find_schedule
 from sdxl.runner import Runner, check_params, mode_of, pick_device, pick_dtype
-from sdxl.server.catalog import ModelCatalog, ModelNotFound, UnsafeModelName
+from sdxl.server.catalog import LoraCatalog, ModelCatalog, ModelNotFound, UnsafeModelName
 from sdxl.server.config import ServerConfig
 from sdxl.server.errors import BadRequest, Conflict, Invalid, NotFound, TooMany
 from sdxl.server.progress import ProgressBoard
@@ -32,10 +32,12 @@ class Service:
         self.data = DataFolder(config.data_dir)
         self.store = JobStore(self.data.database)
         self.catalog = ModelCatalog(config.model, config.models_dir)
+        self.loras = LoraCatalog(config.lora_dir)
         self.board = ProgressBoard()
         self.default_model = self.catalog.entries()[0].name
         device = pick_device(config.device)
-        self.runner = runner or Runner(device, pick_dtype(config.dtype, device), resolve=self._source)
+        self.runner = runner or Runner(device, pick_dtype(config.dtype, device), resolve=self._source,
+                                       resolve_lora=self.loras.resolve)
         self.worker = Worker(self.store, self.runner, self.data, self.board, preview_every=config.preview_every,
                              preload=self.default_model if config.preload else None,
                              max_batch=self.limits.max_batch if config.batch_jobs else 1)
@@ -105,12 +107,32 @@ class Service:
         self.check_model(params.model)
         if params.refiner:
             self.check_model(params.refiner, what="refiner")
+        self.check_loras(params)
         image, mask = inputs.get("image"), inputs.get("mask")
         if image is not None and mask is not None and image.size != mask.size:
             raise Invalid(
                 f"the mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}; send a mask "
                 "of the image's size"
             )
+
+    def check_loras(self, params: GenerationParams) -> None:
+        """Every LoRA a request names (its `loras` and, with the a1111 syntax, its `<lora:NAME:W>` tags) is in the
+        server's LoRA folder (unsafe names -> 400, unknown or malformed -> 422)."""
+        from sdxl.prompts.lora_tags import extract_lora_tags
+
+        names = [name for name, _ in params.loras]
+        if params.prompt_syntax == "a1111":
+            try:
+                names += [name for name, _ in extract_lora_tags(params.prompt)[1]]
+            except ValueError as err:
+                raise Invalid(str(err)) from None
+        for name in names:
+            try:
+                self.loras.resolve(name)
+            except UnsafeModelName as err:
+                raise BadRequest(f"LoRA: {err}") from None
+            except ModelNotFound as err:
+                raise Invalid(str(err)) from None
 
     def check_model(self, name: str, *, what: str = "model") -> None:
         """A name the catalog lists (UnsafeModelName -> 400, unknown -> 422)."""

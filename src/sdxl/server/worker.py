@@ -221,7 +221,7 @@ class Worker:
 
         vae = step.pipe.vae
         if self._previewer is None or self._previewer[0] is not vae:
-            self._previewer = (vae, LatentPreviewer(vae))
+            self._previewer = (vae, LatentPreviewer.for_pipeline(step.pipe))  # a tiny VAE when there is one
         shown = step.denoised if step.denoised is not None else step.latents
         try:
             images = self._previewer[1](shown[rows])
