@@ -153,3 +153,11 @@ def test_constructor_errors():
         sdxl.CLIPVisionConfig(image_size=30, patch_size=14)
     with pytest.raises(TypeError, match="AutoencoderKL\\(\\) takes a VAEConfig"):
         sdxl.AutoencoderKL("vae")
+
+
+def test_tiny_vae_from_diffusers_keywords_has_diffusers_random_weights():
+    kwargs = {"in_channels": 3, "out_channels": 3, "latent_channels": 4}
+    theirs = _seeded(lambda: diffusers.AutoencoderTiny(**kwargs))
+    ours = _seeded(lambda: sdxl.AutoencoderTiny(**kwargs))
+    _assert_same_weights(ours, theirs.state_dict())
+    assert ours.config["latent_channels"] == 4 and ours.config.get("act_fn") == "relu"
