@@ -126,6 +126,16 @@ def make_unet(kind: str = "base", seed: int = 0):
     return unet.eval()
 
 
+def unet_pair(kind: str = "base", seed: int = 0):
+    """(diffusers' tiny UNet, ours) with the same weights, both in eval mode."""
+    import sdxl
+
+    theirs = make_unet(kind, seed)
+    ours = sdxl.UNet2DConditionModel(**unet_kwargs(kind)).eval()
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
 def make_vae(seed: int = 0):
     from diffusers import AutoencoderKL
 

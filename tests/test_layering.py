@@ -18,9 +18,13 @@ ALLOWED = {
     "schedulers": {"schedulers", "noise"},
     "tokenizer": {"tokenizer"},
     "prompts": {"prompts", "models", "tokenizer"},
-    "loading": {"loading", "models", "tokenizer", "schedulers"},
-    "pipelines": {"pipelines", "noise", "models", "prompts", "schedulers", "loading", "tokenizer", "image", "runtime", "watermark"},
+    "devices": set(),
+    "loading": {"loading", "models", "tokenizer", "schedulers", "devices"},
+    "pipelines": {"pipelines", "noise", "models", "prompts", "schedulers", "loading", "tokenizer", "image", "runtime", "watermark", "devices", "clip_image_processor"},
 }
+
+
+LAZY_LOADER_IMPORTS = {"models/base.py", "models/unet_adapters.py"}
 
 
 def _imports(path: Path) -> list[str]:
@@ -59,8 +63,9 @@ def test_layers_import_downward_only():
         for name in _imports(path):
             parts = name.split(".")
             if parts[0] == "sdxl" and len(parts) > 1 and parts[1] not in allowed:
-                # The documented exception: ConfiguredModel.from_pretrained delegates to the loader lazily.
-                if rel.as_posix() == "models/base.py" and parts[1] == "loading":
+                # The documented exceptions: ConfiguredModel.from_pretrained and the UNet's IP-Adapter loading
+                # delegate to the loader lazily (original-layout key renames live in loading/).
+                if rel.as_posix() in LAZY_LOADER_IMPORTS and parts[1] == "loading":
                     continue
                 offenders.append(f"{rel}: {name}")
     assert not offenders, offenders

@@ -18,7 +18,22 @@ _LAZY = {
     "AutoencoderTiny": "sdxl.models.vae_tiny",
     "CLIPTextModel": "sdxl.models.clip",
     "CLIPTextModelWithProjection": "sdxl.models.clip",
+    "CLIPTextConfig": "sdxl.models.clip",
+    "CLIPVisionConfig": "sdxl.models.clip_vision",
+    "CLIPVisionModelWithProjection": "sdxl.models.clip_vision",
     "CLIPTokenizer": "sdxl.tokenizer",
+    "CLIPImageProcessor": "sdxl.clip_image_processor",
+    # attention processors and IP-Adapter layers (diffusers' models.attention_processor / models.embeddings names)
+    "AttnProcessor": "sdxl.models.attention_processor",
+    "AttnProcessor2_0": "sdxl.models.attention_processor",
+    "FusedAttnProcessor2_0": "sdxl.models.attention_processor",
+    "IPAdapterAttnProcessor2_0": "sdxl.models.ip_adapter",
+    "ImageProjection": "sdxl.models.ip_adapter",
+    "IPAdapterPlusImageProjection": "sdxl.models.ip_adapter",
+    "IPAdapterFullImageProjection": "sdxl.models.ip_adapter",
+    "IPAdapterFaceIDImageProjection": "sdxl.models.ip_adapter",
+    "IPAdapterFaceIDPlusImageProjection": "sdxl.models.ip_adapter",
+    "MultiIPAdapterImageProjection": "sdxl.models.ip_adapter",
     # schedulers
     "EulerDiscreteScheduler": "sdxl.schedulers.euler",
     "EulerAncestralDiscreteScheduler": "sdxl.schedulers.euler_ancestral",
@@ -44,6 +59,9 @@ _LAZY = {
     "AutoPipelineForText2Image": "sdxl.pipelines.auto",
     "AutoPipelineForImage2Image": "sdxl.pipelines.auto",
     "AutoPipelineForInpainting": "sdxl.pipelines.auto",
+    "IPAdapterMixin": "sdxl.pipelines.ip_adapter",
+    "IPAdapterMaskProcessor": "sdxl.pipelines.ip_adapter",
+    "StableDiffusionMixin": "sdxl.pipelines.sd_mixin",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]

@@ -94,7 +94,7 @@ def test_variant_falls_back_per_component(tmp_path, state, caplog):
 
 def test_variant_absent_everywhere(tmp_path, state):
     folder = make_pipeline(tmp_path, state)
-    with pytest.raises(ValueError, match=r"variant='fp16' .* no component .* unet, vae"):
+    with pytest.raises(ValueError, match=r"the model files of the `variant=fp16`.* no component .* unet, vae"):
         load_pipeline_components(folder, variant="fp16")
 
 

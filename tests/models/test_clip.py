@@ -226,13 +226,13 @@ def test_config_round_trip_and_transformers_dict(encoders):
         "vocab_size",
     ):
         assert getattr(ours.config, key) == hf[key], key
-    # ignored keys (metadata, dropout, initialisation) and null unknown keys do not matter
+    # ignored keys (metadata, dropout) and null unknown keys do not matter; the init scales are read (they shape
+    # the random weights of a freshly built model)
     assert (
-        CLIPTextConfig.from_dict(
-            {**hf, "dropout": 0.3, "attention_dropout": 0.1, "initializer_range": 1.0, "some_future_flag": None}
-        )
+        CLIPTextConfig.from_dict({**hf, "dropout": 0.3, "attention_dropout": 0.1, "some_future_flag": None})
         == ours.config
     )
+    assert CLIPTextConfig.from_dict({**hf, "initializer_range": 1.0}).initializer_range == 1.0
     assert CLIPTextConfig.from_dict({}) == CLIPTextConfig()
 
 
@@ -249,8 +249,8 @@ def test_config_errors():
         CLIPTextConfig.from_dict({"eos_token_id": [2, 3]})
     with pytest.raises(dataclasses.FrozenInstanceError):
         CLIPTextConfig().hidden_size = 3
-    with pytest.raises(TypeError, match="CLIPTextConfig, got dict"):
-        CLIPTextModel({"hidden_size": 32})
+    with pytest.raises(TypeError, match="takes a CLIPTextConfig, a config dict or diffusers' keyword arguments"):
+        CLIPTextModel(32)
 
 
 def test_forward_errors(encoders, ids_by_pad):

@@ -176,7 +176,7 @@ def test_call_forms():
         ({"class_labels": torch.zeros(2)}, "class_labels"),
         ({"attention_mask": torch.ones(2, 7)}, "attention_mask"),
         ({"controlnet_cond": torch.zeros(1)}, "controlnet_cond"),
-        ({"cross_attention_kwargs": {"gligen": 0.5}}, "cross_attention_kwargs"),
+        ({"cross_attention_kwargs": {"gligen": {}}}, "cross_attention_kwargs keys \\['gligen'\\]"),
         ({"cross_attention_kwargs": {"scale": "big"}}, "must be a number"),
     ],
 )
@@ -190,8 +190,10 @@ def test_added_cond_errors():
     ours = our_unet("base")
     x = inputs("base")
     added = x.pop("added_cond_kwargs")
-    with pytest.raises(TypeError, match="image_embeds"):
-        ours(timestep=1, **x, added_cond_kwargs=dict(added, image_embeds=torch.zeros(2, 4)))
+    with pytest.raises(TypeError, match="hint_embeds"):
+        ours(timestep=1, **x, added_cond_kwargs=dict(added, hint_embeds=torch.zeros(2, 4)))
+    with pytest.raises(ValueError, match="no IP-Adapter is loaded"):
+        ours(timestep=1, **x, added_cond_kwargs=dict(added, image_embeds=[torch.zeros(2, 1, 4)]))
     with pytest.raises(TypeError, match="not both"):
         ours(timestep=1, **x, added_cond_kwargs=added, text_embeds=added["text_embeds"])
     with pytest.raises(TypeError, match="must be a dict"):

@@ -9,13 +9,12 @@ import pytest
 import torch
 
 import sdxl
-from sdxl.watermark import StableDiffusionXLWatermarker
 from sdxl.pipelines.base import PipelineOutput
+from sdxl.watermark import StableDiffusionXLWatermarker
 
 
 def test_components_match_diffusers_names(ours, theirs):
-    ignored = {"image_encoder", "feature_extractor"}  # IP-Adapter parts, not supported
-    assert list(ours.components) == [k for k in theirs.components if k not in ignored]
+    assert list(ours.components) == list(theirs.components)  # image_encoder/feature_extractor included
     assert all(ours.components[name] is getattr(ours, name) for name in ours.components)
 
 
@@ -83,9 +82,22 @@ def test_missing_required_component(tmp_path):
 
 
 def test_component_the_pipeline_does_not_use(ours, tmp_path):
+    class TextOnly(sdxl.StableDiffusionXLPipeline):
+        _component_names = tuple(n for n in sdxl.StableDiffusionXLPipeline._component_names if n != "image_encoder")
+
     folder = _index_only_folder(tmp_path)
-    with pytest.raises(ValueError, match=r"components \['image_encoder'\] that StableDiffusionXLPipeline does not"):
-        sdxl.StableDiffusionXLPipeline.from_pretrained(folder, image_encoder=object(), **ours.components)
+    given = {k: v for k, v in ours.components.items() if k != "image_encoder"}
+    with pytest.raises(ValueError, match=r"components \['image_encoder'\] that TextOnly does not"):
+        TextOnly.from_pretrained(folder, image_encoder=object(), **given)
+
+
+def test_ip_adapter_components_are_taken(ours, tmp_path):
+    folder = _index_only_folder(tmp_path)
+    encoder, extractor = object(), sdxl.CLIPImageProcessor()
+    pipe = sdxl.StableDiffusionXLPipeline.from_pretrained(
+        folder, **{**ours.components, "image_encoder": encoder, "feature_extractor": extractor}
+    )
+    assert pipe.image_encoder is encoder and pipe.feature_extractor is extractor
 
 
 def test_to_dtype_device_and_both(tiny_base):

@@ -11,6 +11,7 @@ import torch
 from inpaint_fixtures import SIZE, call, test_image, test_mask
 
 tiny_inpaint, ours_base, ours_nine, theirs_nine = fx.tiny_inpaint, fx.ours_base, fx.ours_nine, fx.theirs_nine
+theirs_base = fx.theirs_base
 
 
 def test_mask_of_another_size(ours_nine):
@@ -31,14 +32,13 @@ def test_strength_that_keeps_no_step(ours_nine):
         call(ours_nine, strength=0.1)
 
 
-def test_masked_image_latents_with_a_4_channel_unet(ours_base):
+def test_masked_image_latents_with_a_4_channel_unet(ours_base, theirs_base, caplog):
+    """Accepted as diffusers accepts them (its own tests pass them), with a warning that they do nothing."""
     latents = torch.zeros(1, 4, SIZE // 2, SIZE // 2)
-    with pytest.raises(
-        ValueError,
-        match="the base UNet blends latents outside the mask and takes no masked_image_latents. Pass a 9-channel "
-        "inpainting UNet, or drop `masked_image_latents`",
-    ):
-        call(ours_base, masked_image_latents=latents)
+    with caplog.at_level("WARNING", logger="sdxl.pipelines.inpaint_steps"):
+        mine = call(ours_base, masked_image_latents=latents)
+    assert "has no effect with a 4-channel UNet" in caplog.text
+    np.testing.assert_allclose(mine, call(theirs_base, masked_image_latents=latents), atol=1e-4, rtol=0)
 
 
 def test_masked_image_latents_not_a_tensor(ours_nine):

@@ -144,14 +144,14 @@ def test_micro_conditioning_not_a_pair(ours):
         call(ours, original_size=(64, 64, 3))
 
 
-def test_cross_attention_kwargs_other_than_scale_are_refused(ours):
-    with pytest.raises(TypeError, match=r"cross_attention_kwargs keys \['ip_adapter_masks'\]"):
-        call(ours, cross_attention_kwargs={"ip_adapter_masks": None})
+def test_cross_attention_kwargs_other_than_scale_and_ip_masks_are_refused(ours):
+    with pytest.raises(TypeError, match=r"cross_attention_kwargs keys \['gligen'\]"):
+        call(ours, cross_attention_kwargs={"gligen": None, "ip_adapter_masks": None})
 
 
 def test_unknown_argument(ours):
-    with pytest.raises(TypeError, match="ip_adapter_image"):
-        call(ours, ip_adapter_image=object())
+    with pytest.raises(TypeError, match="controlnet_conditioning_scale"):  # a ControlNet pipeline's argument
+        call(ours, controlnet_conditioning_scale=0.5)
 
 
 def test_text_without_text_encoders(ours):

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from sdxl.devices import detect_accelerator
 from sdxl.loading import keymaps, registry
 from sdxl.loading.hub import resolve_pretrained
 from sdxl.loading.weights import load_weights, read_index
@@ -127,6 +128,40 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 # ---- models -------------------------------------------------------------------------------------------------------
 
 
+def device_from_map(device_map: Any, device: Any = None) -> Any:
+    """The one device a diffusers `device_map` names: a device (or its name), {"": device}, or "auto"/"balanced"
+    (the accelerator when there is one, else the CPU). sdxl places each model whole on one device."""
+    if device_map is None:
+        return device
+    if device is not None:
+        raise ValueError("Pass either `device` or `device_map`, not both.")
+    if isinstance(device_map, dict):
+        if set(device_map) != {""}:
+            raise ValueError(
+                f"device_map={device_map!r} splits a model across devices, which sdxl does not do: pass one device, "
+                "e.g. device_map=\"cuda\" or {\"\": \"cuda:0\"}."
+            )
+        device_map = device_map[""]
+    if device_map in ("auto", "balanced"):
+        return torch.device(detect_accelerator() or "cpu")
+    try:
+        return torch.device(device_map)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device_map={device_map!r} is not a device: pass e.g. \"cuda\", \"cpu\", {{\"\": \"cuda:0\"}} or \"balanced\"."
+        ) from e
+
+
+def component_dtypes(torch_dtype: Any) -> Any:
+    """name -> dtype for a pipeline's models: one dtype for all, or diffusers' {name: dtype, "default": dtype}
+    (float32 where neither names the component)."""
+    if isinstance(torch_dtype, dict):
+        table = {k: _check_dtype(v) for k, v in torch_dtype.items()}
+        return lambda name: table.get(name, table.get("default", torch.float32))
+    dtype = _check_dtype(torch_dtype)
+    return lambda name: dtype
+
+
 def _check_dtype(torch_dtype: Any) -> torch.dtype:
     if torch_dtype is None:
         return torch.float32  # diffusers' default: every component in float32
@@ -194,20 +229,25 @@ def load_model(
     variant: str | None = None,
     use_safetensors: bool | None = None,
     device: torch.device | str | None = None,
+    device_map: Any = None,
     cache_dir: str | os.PathLike | None = None,
     revision: str | None = None,
     local_files_only: bool = False,
+    low_cpu_mem_usage: bool | None = None,
 ) -> M:
     """Build `cls` from `config.json` on the meta device and assign the safetensors weights (diffusers layout).
 
     `torch_dtype` (or its newer diffusers spelling `dtype`; default float32, as diffusers) is the dtype of every
     floating tensor; `variant` picks e.g. the `.fp16.` files (an absent variant is an error listing what exists);
-    `device` is where the tensors go. Only safetensors are read: a pickle checkpoint is refused whatever
+    `device` (or diffusers' `device_map`: one device, {"": device} or "auto"/"balanced", see `device_from_map`) is
+    where the tensors go; `low_cpu_mem_usage` is accepted and ignored (models always build on the meta device and
+    take the checkpoint's tensors). Only safetensors are read: a pickle checkpoint is refused whatever
     `use_safetensors` says. The model comes back in eval mode with `requires_grad=False`.
     """
     if torch_dtype is not None and dtype is not None:
         raise ValueError("Pass the dtype once: as `torch_dtype` or as `dtype`, not both.")
     dtype = _check_dtype(torch_dtype if torch_dtype is not None else dtype)
+    device = device_from_map(device_map, device)
     root = resolve_pretrained(
         path_or_id,
         subfolders=[subfolder] if subfolder else None,
@@ -282,11 +322,12 @@ def _load_tokenizer(cls: type, folder: Path, name: str) -> Any:
 def load_pipeline_components(
     path_or_id: str | os.PathLike,
     *,
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype | dict[str, torch.dtype] | None = None,
     variant: str | None = None,
     use_safetensors: bool | None = None,
     overrides: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
+    device_map: Any = None,
     cache_dir: str | os.PathLike | None = None,
     revision: str | None = None,
     local_files_only: bool = False,
@@ -297,9 +338,12 @@ def load_pipeline_components(
     downloaded) and come back as given, also names model_index.json does not list. Null entries give None.
     With `variant`, each model component uses the variant files when its folder has them and the plain files
     otherwise (diffusers 0.42 does the same); no model component having the variant is an error.
+    `torch_dtype` is one dtype for every model or, as in diffusers, a dict {component name: dtype, "default": dtype}.
+    `device_map` as in `load_model` (the whole pipeline on one device).
     """
     overrides = dict(overrides or {})
-    dtype = _check_dtype(torch_dtype)
+    dtype_of = component_dtypes(torch_dtype)
+    device = device_from_map(device_map, device)
     hub = {"cache_dir": cache_dir, "revision": revision, "local_files_only": local_files_only}
     root = resolve_pretrained(path_or_id, subfolders=[], **hub)
     index_path = root / "model_index.json"
@@ -323,8 +367,9 @@ def load_pipeline_components(
     variants = {name: variant if variant and has_variant(root / name, variant) else None for name in models}
     if variant is not None and models and not any(variants.values()):
         raise ValueError(
-            f"variant={variant!r} was requested but no component of {root} has {variant} files "
-            f"(looked in {', '.join(models)}). Pass variant=None to load the files without a variant."
+            f"You are trying to load the model files of the `variant={variant}`, but no such modeling files are "
+            f"available: no component of {root} has {variant} files (looked in {', '.join(models)}). Pass "
+            "variant=None to load the files without a variant."
         )
     for name in models:
         if variant is not None and variants[name] is None:
@@ -337,13 +382,15 @@ def load_pipeline_components(
                 cls,
                 root,
                 name,
-                torch_dtype=dtype,
+                torch_dtype=dtype_of(name),
                 variant=variants[name],
                 use_safetensors=use_safetensors,
                 device=device,
             )
         elif kind == registry.TOKENIZER:
             components[name] = _load_tokenizer(cls, root, name)
+        elif kind == registry.PROCESSOR:
+            components[name] = cls.from_pretrained(root, subfolder=name)
         else:
             config = read_json(root / name / "scheduler_config.json", f"scheduler config of {name!r}")
             try:

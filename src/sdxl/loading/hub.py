@@ -174,6 +174,34 @@ def resolve_single_file(path_or_url: str | os.PathLike, *, local_files_only: boo
     return folder / filename
 
 
+def resolve_file(
+    path_or_id: str | os.PathLike,
+    filename: str,
+    subfolder: str | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """One file `subfolder/filename` of a local folder or of a hub repository (through huggingface_hub's cache), as
+    diffusers' loaders take `(pretrained_model_name_or_path, subfolder=..., weight_name=...)`."""
+    relative = f"{subfolder.strip('/')}/{filename}" if subfolder else filename
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        found = path / relative
+        if not found.is_file():
+            raise FileNotFoundError(f"{found} does not exist.")
+        return found
+    if not looks_like_hub_id(path_or_id):
+        raise FileNotFoundError(f"{path_or_id} does not exist: give an existing folder or a hub id 'org/name'.")
+    offline = local_files_only or _env_true("HF_HUB_OFFLINE")
+    cache = str(cache_dir) if cache_dir is not None else os.environ.get("HF_HUB_CACHE") or None
+    folder = _snapshot(str(path_or_id), [relative], offline=offline, cache_dir=cache, revision=revision)
+    if not (folder / relative).is_file():
+        raise FileNotFoundError(f"{path_or_id} has no file {relative}.")
+    return folder / relative
+
+
 def resolve_pretrained(
     path_or_id: str | os.PathLike,
     *,

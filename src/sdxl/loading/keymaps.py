@@ -44,8 +44,14 @@ def normalize_clip_text(sd: StateDict) -> StateDict:
     return out
 
 
+def normalize_clip_vision(sd: StateDict) -> StateDict:
+    """Drop the position-id buffer that older transformers saved in CLIP image encoders (h94/IP-Adapter's)."""
+    return {k: v for k, v in sd.items() if k != "vision_model.embeddings.position_ids"}
+
+
 KEYMAPS: dict[str, Callable[[StateDict], StateDict]] = {
     "clip_text": normalize_clip_text,
+    "clip_vision": normalize_clip_vision,
 }
 
 

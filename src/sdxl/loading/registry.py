@@ -14,6 +14,7 @@ from typing import Any
 MODEL = "model"
 TOKENIZER = "tokenizer"
 SCHEDULER = "scheduler"
+PROCESSOR = "processor"
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,19 @@ MODELS: dict[str, ModelEntry] = {
     "AutoencoderTiny": ModelEntry("sdxl.models.vae_tiny", "AutoencoderTinyConfig"),
     "CLIPTextModel": ModelEntry("sdxl.models.clip", "CLIPTextConfig", keymap="clip_text"),
     "CLIPTextModelWithProjection": ModelEntry("sdxl.models.clip", "CLIPTextConfig", keymap="clip_text"),
+    "CLIPVisionModelWithProjection": ModelEntry("sdxl.models.clip_vision", "CLIPVisionConfig", keymap="clip_vision"),
 }
 
 # reference class name -> (module, our class name); transformers 5's CLIPTokenizer is the fast one.
 TOKENIZERS: dict[str, tuple[str, str]] = {
     "CLIPTokenizer": ("sdxl.tokenizer", "CLIPTokenizer"),
     "CLIPTokenizerFast": ("sdxl.tokenizer", "CLIPTokenizer"),
+}
+
+# image processors (a pipeline's `feature_extractor`), read from preprocessor_config.json
+PROCESSORS: dict[str, tuple[str, str]] = {
+    "CLIPImageProcessor": ("sdxl.clip_image_processor", "CLIPImageProcessor"),
+    "CLIPFeatureExtractor": ("sdxl.clip_image_processor", "CLIPImageProcessor"),
 }
 
 # Other scheduler names resolve through the public `sdxl` namespace once they are added there.
@@ -48,7 +56,7 @@ SCHEDULERS: dict[str, str] = {
 
 def supported_names() -> list[str]:
     """Every class name a `model_index.json` may use, for error messages."""
-    return sorted({*MODELS, *TOKENIZERS, *SCHEDULERS})
+    return sorted({*MODELS, *TOKENIZERS, *PROCESSORS, *SCHEDULERS})
 
 
 def registered_name(cls: type) -> str | None:
@@ -105,7 +113,8 @@ def _unsupported(component: str, library: Any, class_name: Any, why: str = "") -
 
 
 def resolve_component(component: str, library: Any, class_name: Any) -> tuple[str, type]:
-    """(kind, our class) for a `model_index.json` entry `[library, class_name]`; kind is model/tokenizer/scheduler."""
+    """(kind, our class) for a `model_index.json` entry `[library, class_name]`; kind is model, tokenizer,
+    processor or scheduler."""
     if not isinstance(class_name, str):
         raise _unsupported(component, library, class_name)
     try:
@@ -114,6 +123,9 @@ def resolve_component(component: str, library: Any, class_name: Any) -> tuple[st
         if class_name in TOKENIZERS:
             module, name = TOKENIZERS[class_name]
             return TOKENIZER, getattr(importlib.import_module(module), name)
+        if class_name in PROCESSORS:
+            module, name = PROCESSORS[class_name]
+            return PROCESSOR, getattr(importlib.import_module(module), name)
         if class_name in SCHEDULERS:
             return SCHEDULER, getattr(importlib.import_module(SCHEDULERS[class_name]), class_name)
     except (ImportError, AttributeError) as e:

@@ -25,6 +25,7 @@ MODEL_LIBRARY = {
     "AutoencoderKL": "diffusers",
     "CLIPTextModel": "transformers",
     "CLIPTextModelWithProjection": "transformers",
+    "CLIPVisionModelWithProjection": "transformers",
 }
 
 
@@ -89,6 +90,34 @@ def _model_class_name(model: Any) -> str:
     raise TypeError(f"save_pretrained cannot write a {type(model).__name__}; it writes {sorted(MODEL_LIBRARY)}.")
 
 
+def save_model(
+    model: torch.nn.Module, folder: str | os.PathLike, *, variant: str | None = None, safe_serialization: bool = True
+) -> Path:
+    """Write one model as diffusers/transformers do: `config.json` and its safetensors weights (`variant` in the name).
+
+    `safe_serialization=False` asks diffusers for pickles; sdxl writes safetensors whatever it says (it never writes
+    pickles, and both libraries read these files)."""
+    from safetensors.torch import save_file
+
+    if not safe_serialization:
+        logger.info("safe_serialization=False: sdxl writes safetensors anyway (it never writes pickle files).")
+    folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(f"{folder} is a file; save_pretrained writes a folder.")
+    cls = _model_class_name(model)
+    config = dict(model.config.to_dict())
+    if MODEL_LIBRARY[cls] == "transformers":
+        config.pop("_class_name", None)
+        config["architectures"] = [cls]
+        weights = "model.safetensors"
+    else:
+        config["_class_name"] = cls
+        weights = "diffusion_pytorch_model.safetensors"
+    _write_json(folder / "config.json", config)
+    save_file(_state_dict(model), str(folder / add_variant(weights, variant)), metadata={"format": "pt"})
+    return folder
+
+
 def save_pretrained(
     components: dict[str, Any],
     folder: str | os.PathLike,
@@ -98,8 +127,6 @@ def save_pretrained(
     variant: str | None = None,
 ) -> Path:
     """Write a diffusers-layout pipeline folder: model_index.json and one subfolder per component."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     if folder.is_file():
         raise ValueError(f"{folder} is a file; save_pretrained writes a folder.")
@@ -110,21 +137,12 @@ def save_pretrained(
         if component is None:
             index[name] = [None, None]
         elif isinstance(component, torch.nn.Module):
+            save_model(component, sub, variant=variant)
             cls = _model_class_name(component)
-            config = dict(component.config.to_dict())
-            if MODEL_LIBRARY[cls] == "transformers":
-                config.pop("_class_name", None)
-                config["architectures"] = [cls]
-                weights = "model.safetensors"
-            else:
-                config["_class_name"] = cls
-                weights = "diffusion_pytorch_model.safetensors"
-            _write_json(sub / "config.json", config)
-            save_file(_state_dict(component), str(sub / add_variant(weights, variant)), metadata={"format": "pt"})
             index[name] = [MODEL_LIBRARY[cls], cls]
         elif hasattr(component, "save_pretrained") and not hasattr(component, "step"):
             component.save_pretrained(sub)
-            index[name] = ["transformers", "CLIPTokenizer"]
+            index[name] = ["transformers", type(component).__name__]  # CLIPTokenizer, CLIPImageProcessor
         elif hasattr(component, "config") and hasattr(component.config, "to_json_dict"):
             _write_json(sub / "scheduler_config.json", component.config.to_json_dict())
             index[name] = ["diffusers", type(component).__name__]

@@ -7,15 +7,21 @@ so a diffusers state dict loads with `strict=True`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import attention
+from .attention_processor import AttnProcessor2_0
 
 
 class Attention(nn.Module):
-    """Multi-head attention with to_q/to_k/to_v/to_out projections; self-attention when no context is given."""
+    """Multi-head attention with to_q/to_k/to_v/to_out projections; self-attention when no context is given.
+
+    The computation is `self.processor` (default `AttnProcessor2_0`, SDPA), swappable as in diffusers
+    (`set_processor`; see `attention_processor.py`).
+    """
 
     def __init__(
         self,
@@ -36,40 +42,94 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(kv_dim, inner_dim, bias=bias)
         # nn.Identity stands where diffusers has Dropout, so the output projection keeps its key `to_out.0`.
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias), nn.Identity()])
+        self.is_cross_attention = cross_attention_dim is not None
+        self.processor: Any = AttnProcessor2_0()
+        self.fused_projections = False
+        self.fused_qkv_weight = self.fused_qkv_bias = self.fused_kv_weight = self.fused_kv_bias = None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, Lq, query_dim), context (B, Lk, cross_attention_dim) or None -> (B, Lq, query_dim)."""
-        context = x if context is None else context
-        b = x.shape[0]
-        h, d = self.heads, self.dim_head
-        q = self.to_q(x).view(b, -1, h, d).transpose(1, 2)  # (B, h, Lq, d)
-        k = self.to_k(context).view(b, -1, h, d).transpose(1, 2)  # (B, h, Lk, d)
-        v = self.to_v(context).view(b, -1, h, d).transpose(1, 2)  # (B, h, Lk, d)
-        out = attention(q, k, v)  # (B, h, Lq, d)
-        out = out.transpose(1, 2).reshape(b, -1, h * d)  # (B, Lq, h*d)
-        return self.to_out[1](self.to_out[0](out))
+    def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
+        """x (B, Lq, query_dim), context (B, Lk, cross_attention_dim) or None (self-attention), or an
+        `IPAdapterContext` for the IP-Adapter processor -> (B, Lq, query_dim)."""
+        return self.processor(self, x, context)
+
+    def set_processor(self, processor: Any) -> None:
+        """Use `processor` (an object called as `processor(attn, x, context)`) for this layer."""
+        if not callable(processor):
+            raise TypeError(f"An attention processor must be callable, got {type(processor).__name__}.")
+        if isinstance(self.processor, nn.Module) and not isinstance(processor, nn.Module):
+            del self._modules["processor"]  # nn.Module refuses to replace a child module by a plain object
+        self.processor = processor
+
+    def get_processor(self) -> Any:
+        return self.processor
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """Concatenate to_q|to_k|to_v (self-attention) or to_k|to_v (cross-attention) weights into one matrix, kept
+        as non-persistent buffers (state dicts keep diffusers' keys)."""
+        def cat(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+            weight = torch.cat([p.weight for p in layers])
+            bias = torch.cat([p.bias for p in layers]) if layers[0].bias is not None else None
+            return weight, bias
+
+        prefix = "fused_kv" if self.is_cross_attention else "fused_qkv"
+        weight, bias = cat([self.to_k, self.to_v] if self.is_cross_attention else [self.to_q, self.to_k, self.to_v])
+        for name, value in ((f"{prefix}_weight", weight), (f"{prefix}_bias", bias)):
+            self.__dict__.pop(name, None)  # the plain None attribute gives way to the buffer
+            self.register_buffer(name, value, persistent=False)
+        self.fused_projections = True
+
+    def unfuse_projections(self) -> None:
+        """Drop the fused weights (the separate projections were kept all along)."""
+        for name in ("fused_qkv_weight", "fused_qkv_bias", "fused_kv_weight", "fused_kv_bias"):
+            self._buffers.pop(name, None)
+            setattr(self, name, None)
+        self.fused_projections = False
 
 
 class GEGLU(nn.Module):
     """Gated GELU: one projection to 2*dim_out, split into value and gate; value * gelu(gate) (exact GELU)."""
 
-    def __init__(self, dim_in: int, dim_out: int):
+    def __init__(self, dim_in: int, dim_out: int, bias: bool = True):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = nn.Linear(dim_in, dim_out * 2, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
         return value * F.gelu(gate)
 
 
-class FeedForward(nn.Module):
-    """GEGLU(dim -> mult*dim) then Linear back to dim; keys `net.0.proj`, `net.2`."""
+class GELU(nn.Module):
+    """Linear then exact GELU (diffusers' `GELU` activation module, key `proj`)."""
 
-    def __init__(self, dim: int, mult: int = 4):
+    def __init__(self, dim_in: int, dim_out: int, bias: bool = True):
         super().__init__()
-        inner_dim = dim * mult
+        self.proj = nn.Linear(dim_in, dim_out, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.proj(x))
+
+
+_ACTIVATIONS = {"geglu": GEGLU, "gelu": GELU}
+
+
+class FeedForward(nn.Module):
+    """activation(dim -> mult*dim) then Linear to dim_out (default dim); keys `net.0.proj`, `net.2`.
+
+    `activation` "geglu" (the UNet's transformer blocks) or "gelu" (IP-Adapter image projections)."""
+
+    def __init__(
+        self, dim: int, dim_out: int | None = None, mult: float = 4, activation: str = "geglu", bias: bool = True
+    ):
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"FeedForward activation {activation!r} is not supported; use one of {list(_ACTIVATIONS)}")
+        inner_dim = int(dim * mult)
+        dim_out = dim if dim_out is None else dim_out
         # nn.Identity stands where diffusers has Dropout, so the output linear keeps its key `net.2`.
-        self.net = nn.ModuleList([GEGLU(dim, inner_dim), nn.Identity(), nn.Linear(inner_dim, dim)])
+        self.net = nn.ModuleList(
+            [_ACTIVATIONS[activation](dim, inner_dim, bias), nn.Identity(), nn.Linear(inner_dim, dim_out, bias=bias)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for module in self.net:
@@ -89,8 +149,8 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x (B, L, dim), context (B, T, cross_attention_dim) -> (B, L, dim)."""
+    def forward(self, x: torch.Tensor, context: Any) -> torch.Tensor:
+        """x (B, L, dim), context (B, T, cross_attention_dim) or an `IPAdapterContext` -> (B, L, dim)."""
         x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
@@ -117,21 +177,19 @@ class Transformer2DModel(nn.Module):
         super().__init__()
         self.use_linear_projection = use_linear_projection
         self.norm = nn.GroupNorm(norm_num_groups, channels, eps=group_norm_eps)
-        if use_linear_projection:
-            self.proj_in = nn.Linear(channels, channels)
-            self.proj_out = nn.Linear(channels, channels)
-        else:
-            self.proj_in = nn.Conv2d(channels, channels, kernel_size=1)
-            self.proj_out = nn.Conv2d(channels, channels, kernel_size=1)
+        # built in diffusers' order (proj_in, blocks, proj_out): the same seed gives the same random weights
+        projection = nn.Linear if use_linear_projection else lambda c_in, c_out: nn.Conv2d(c_in, c_out, 1)
+        self.proj_in = projection(channels, channels)
         self.transformer_blocks = nn.ModuleList(
             [
                 BasicTransformerBlock(channels, heads, channels // heads, cross_attention_dim, layer_norm_eps)
                 for _ in range(num_layers)
             ]
         )
+        self.proj_out = projection(channels, channels)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W), context (B, T, cross_attention_dim) -> (B, C, H, W)."""
+    def forward(self, x: torch.Tensor, context: Any) -> torch.Tensor:
+        """x (B, C, H, W), context (B, T, cross_attention_dim) or an `IPAdapterContext` -> (B, C, H, W)."""
         b, c, h, w = x.shape
         residual = x
         x = self.norm(x)

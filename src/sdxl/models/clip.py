@@ -10,40 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sdxl.models.base import ConfiguredModel
-from sdxl.models.layers import ModelOutput
-
-_ACTIVATIONS = ("quick_gelu", "gelu")
-# config.json keys that do not change inference: metadata, dropout/initialisation, and transformers'
-# generic PretrainedConfig/generation keys that older transformers versions wrote into every config.
-_IGNORED_KEYS = frozenset(
-    {
-        "_name_or_path", "_commit_hash", "_attn_implementation", "architectures", "transformers_version",
-        "torch_dtype", "dtype", "attention_dropout", "dropout", "initializer_factor", "initializer_range",
-        "return_dict", "output_hidden_states", "output_attentions", "torchscript", "use_bfloat16",
-        "tie_word_embeddings", "is_decoder", "is_encoder_decoder", "add_cross_attention", "chunk_size_feed_forward",
-        "id2label", "label2id", "problem_type", "prefix", "task_specific_params", "finetuning_task",
-        "tokenizer_class", "pruned_heads", "cross_attention_hidden_size", "tf_legacy_loss", "use_cache",
-        "num_beams", "num_beam_groups", "max_length", "min_length", "do_sample", "early_stopping", "temperature",
-        "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
-        "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
-        "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
-        "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "diversity_penalty",
-        "sep_token_id", "decoder_start_token_id",
-    }
-)  # fmt: skip
-_MODEL_TYPE = "clip_text_model"
+from sdxl.models.clip_layers import (
+    ACTIVATIONS,
+    CLIPConfigMixin,
+    CLIPEncoder,
+    causal_padding_mask,
+    clip_layer_init,
+    init_like_transformers,
+)
+from sdxl.models.layers import ModelOutput, build_config
 
 
 @dataclass(frozen=True)
-class CLIPTextConfig:
-    """CLIP text transformer hyper-parameters; field names and defaults are transformers' `CLIPTextConfig`."""
+class CLIPTextConfig(CLIPConfigMixin):
+    """CLIP text transformer hyper-parameters; field names and defaults are transformers' `CLIPTextConfig`.
+
+    `CLIPTextConfig(hidden_size=32, ...)` is built as transformers' is (the form diffusers' tests use); it also reads
+    as a dict. `initializer_range`/`initializer_factor` only shape the random weights of a freshly built model.
+    """
 
     vocab_size: int = 49408
     hidden_size: int = 512
@@ -58,12 +48,15 @@ class CLIPTextConfig:
     bos_token_id: int = 49406
     # 2 (the official SDXL configs) selects transformers' legacy pooling: the position of the largest id.
     eos_token_id: int = 49407
+    MODEL_TYPE: ClassVar[str] = "clip_text_model"
+    initializer_range: float = 0.02
+    initializer_factor: float = 1.0
 
     def __post_init__(self):
         if type(self.eos_token_id) is not int:  # transformers allows a list; the pooling here needs one id
             raise ValueError(f"eos_token_id={self.eos_token_id!r} is not supported; it must be one int.")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; supported: {list(_ACTIVATIONS)}.")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; supported: {list(ACTIVATIONS)}.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}."
@@ -99,30 +92,6 @@ class CLIPTextConfig:
             pad_token_id=1,
         )
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CLIPTextConfig:
-        """Read a transformers config.json dict (missing keys take transformers' defaults)."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        model_type = d.get("model_type", _MODEL_TYPE)
-        if model_type != _MODEL_TYPE:
-            raise ValueError(f"model_type={model_type!r} is not a CLIP text model config (expected {_MODEL_TYPE!r}).")
-        kwargs = {}
-        for key, value in d.items():
-            if key in fields:
-                kwargs[key] = value
-            elif key in _IGNORED_KEYS or key == "model_type":
-                continue
-            elif value not in (None, False):
-                raise ValueError(
-                    f"Unknown CLIP text config key {key!r} = {value!r}; known keys: {sorted(fields)} "
-                    "(remove it, or set it to null if it has no effect)."
-                )
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A config.json-compatible dict (transformers' keys)."""
-        return {**dataclasses.asdict(self), "model_type": _MODEL_TYPE}
-
 
 # ---- outputs ------------------------------------------------------------------------------------------------------
 
@@ -150,25 +119,6 @@ class CLIPTextModelOutput(ModelOutput):
 # ---- layers -------------------------------------------------------------------------------------------------------
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Causal softmax attention (B, heads, T, d) -> (B, heads, T, d); `mask` is an additive (B, 1, T, T) float mask
-    that already holds the causal part. Kept here because `layers.attention` takes no mask."""
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-def _causal_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) 1/0 padding mask -> additive (B, 1, T, T) mask: 0 where a query may attend (key <= query and key
-    not padding), the dtype's minimum elsewhere (transformers' eager mask)."""
-    t = attention_mask.shape[-1]
-    pos = torch.arange(t, device=attention_mask.device)
-    causal = pos[None, :] <= pos[:, None]  # (T, T): key <= query
-    allowed = causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, T, T)
-    zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)
-
-
 class CLIPTextEmbeddings(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
@@ -182,53 +132,12 @@ class CLIPTextEmbeddings(nn.Module):
         return self.token_embedding(input_ids) + self.position_embedding(position_ids)
 
 
-class CLIPAttention(nn.Module):
-    def __init__(self, config: CLIPTextConfig):
-        super().__init__()
-        self.heads = config.num_attention_heads
-        dim = config.hidden_size
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.q_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = (p(x).view(b, t, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = _attention(q, k, v, mask)  # (B, heads, T, d)
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, c))
-
-
-class CLIPMLP(nn.Module):
-    def __init__(self, config: CLIPTextConfig):
-        super().__init__()
-        self.quick = config.hidden_act == "quick_gelu"
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        h = h * torch.sigmoid(1.702 * h) if self.quick else F.gelu(h)
-        return self.fc2(h)
-
-
-class CLIPEncoderLayer(nn.Module):
-    def __init__(self, config: CLIPTextConfig):
-        super().__init__()
-        self.self_attn = CLIPAttention(config)
-        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = CLIPMLP(config)
-        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), mask)
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class CLIPEncoder(nn.Module):
-    def __init__(self, config: CLIPTextConfig):
-        super().__init__()
-        self.layers = nn.ModuleList([CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)])
+@torch.no_grad()
+def _text_init(module: nn.Module, config: CLIPTextConfig, factor: float) -> None:
+    clip_layer_init(module, config, factor)
+    if isinstance(module, CLIPTextEmbeddings):
+        nn.init.normal_(module.token_embedding.weight, std=factor * 0.02)
+        nn.init.normal_(module.position_embedding.weight, std=factor * 0.02)
 
 
 class CLIPTextTransformer(nn.Module):
@@ -262,12 +171,8 @@ class CLIPTextTransformer(nn.Module):
         x = self.embeddings(input_ids, position_ids)
         mask = None
         if attention_mask is not None:
-            mask = _causal_padding_mask(attention_mask.reshape(-1, t), x.dtype)
-        hidden_states = [x] if output_hidden_states else None
-        for layer in self.encoder.layers:
-            x = layer(x, mask)
-            if hidden_states is not None:
-                hidden_states.append(x)
+            mask = causal_padding_mask(attention_mask.reshape(-1, t), x.dtype)
+        x, hidden_states = self.encoder(x, mask, output_hidden_states)
         last = self.final_layer_norm(x)
 
         # Pooled vector at the end-of-text token. Configs with eos_token_id == 2 (the official SDXL ones, written
@@ -278,18 +183,19 @@ class CLIPTextTransformer(nn.Module):
         else:
             index = (ids == self.eos_token_id).int().argmax(dim=-1)
         pooled = last[torch.arange(last.shape[0], device=last.device), index]  # (B, C)
-        return last, pooled, tuple(hidden_states) if hidden_states is not None else None
+        return last, pooled, hidden_states
 
 
 class _CLIPTextBase(ConfiguredModel):
     """What both encoders share: config, `text_model`, input-embedding access and resizing."""
 
-    def __init__(self, config: CLIPTextConfig):
+    def __init__(self, config: Any = None, **kwargs: Any):
         super().__init__()
-        if not isinstance(config, CLIPTextConfig):
-            raise TypeError(f"config must be a CLIPTextConfig, got {type(config).__name__}.")
+        config = build_config(CLIPTextConfig, config, kwargs, type(self).__name__)
         self.config = config
         self.text_model = CLIPTextTransformer(config)
+        # a fresh model gets transformers' random weights (the same draws after the same torch.manual_seed)
+        init_like_transformers(self.text_model, config, lambda m, factor: _text_init(m, config, factor))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text_model.embeddings.token_embedding
@@ -350,9 +256,12 @@ class CLIPTextModel(_CLIPTextBase):
 class CLIPTextModelWithProjection(_CLIPTextBase):
     """SDXL's second text encoder: `.text_embeds` (projected pooled vector), `.last_hidden_state`, `.hidden_states`."""
 
-    def __init__(self, config: CLIPTextConfig):
-        super().__init__(config)
-        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+    def __init__(self, config: Any = None, **kwargs: Any):
+        super().__init__(config, **kwargs)
+        self.text_projection = nn.Linear(self.config.hidden_size, self.config.projection_dim, bias=False)
+        # transformers' post_init: the Linear's own init, then CLIP's scaled normal at the model level
+        std = self.config.hidden_size**-0.5 * self.config.initializer_factor
+        init_like_transformers(self.text_projection, self.config, lambda m, f: nn.init.normal_(m.weight, std=std))
 
     def forward(
         self,

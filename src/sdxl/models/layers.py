@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -49,10 +49,11 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, in_channels: int, embed_dim: int, cond_proj_dim: int | None = None):
         super().__init__()
+        # diffusers' order (linear_1, cond_proj, linear_2): the same seed gives the same random weights
         self.linear_1 = nn.Linear(in_channels, embed_dim)
+        self.cond_proj = nn.Linear(cond_proj_dim, in_channels, bias=False) if cond_proj_dim is not None else None
         self.act = nn.SiLU()
         self.linear_2 = nn.Linear(embed_dim, embed_dim)
-        self.cond_proj = nn.Linear(cond_proj_dim, in_channels, bias=False) if cond_proj_dim is not None else None
 
     def forward(self, sample: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         if condition is not None:
@@ -205,3 +206,42 @@ def config_to_dict(config: Any, *, class_name: str, neutral: dict[str, Any]) -> 
     out.update({f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)})
     out.update({k: _jsonable(v) for k, v in neutral.items()})
     return out
+
+
+class ConfigMapping(Mapping):
+    """Read access to a frozen config dataclass as diffusers' `FrozenDict`: `config["key"]`, `config.get("key")`,
+    `"key" in config`, `dict(config)`, besides attribute access. Keys are those of `to_dict()` (config.json's)."""
+
+    def __getitem__(self, key: str) -> Any:
+        names = {f.name for f in dataclasses.fields(self)}
+        if key in names:
+            return getattr(self, key)  # tuples stay tuples (to_dict writes lists)
+        as_dict = self.to_dict()
+        if key not in as_dict:
+            raise KeyError(key)
+        return as_dict[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
+def build_config(cls: type, config: Any, kwargs: Mapping[str, Any], model_name: str) -> Any:
+    """The config a model constructor was given: a `cls` instance as it is; a config.json-style mapping, a reference
+    config object (its `to_dict()`), and/or diffusers' constructor keywords (`UNet2DConditionModel(block_out_channels=..., ...)`) through `cls.from_dict`."""
+    if isinstance(config, cls) and not kwargs:
+        return config
+    if config is None:
+        return cls.from_dict(dict(kwargs))
+    if isinstance(config, cls):
+        return dataclasses.replace(config, **kwargs)
+    if not isinstance(config, Mapping) and callable(getattr(config, "to_dict", None)):
+        config = config.to_dict()  # a transformers/diffusers config object
+    if isinstance(config, Mapping):
+        return cls.from_dict({**config, **kwargs})
+    raise TypeError(
+        f"{model_name}() takes a {cls.__name__}, a config dict or diffusers' keyword arguments "
+        f"(e.g. {model_name}(block_out_channels=(32, 64), ...)), got {type(config).__name__}"
+    )

@@ -293,16 +293,17 @@ def call_scale(model: nn.Module, scale: float | None) -> Iterator[None]:
 
 
 def check_cross_attention_kwargs(kwargs: Mapping[str, Any] | None) -> float | None:
-    """The LoRA `scale` of diffusers' `cross_attention_kwargs` (None when absent); any other key is a TypeError,
-    since sdxl has no attention processors to pass it to."""
+    """The LoRA `scale` of diffusers' `cross_attention_kwargs` (None when absent); keys other than "scale" and
+    "ip_adapter_masks" (read by the UNet's IP-Adapter layers) are a TypeError."""
     if not kwargs:
         return None
     if not isinstance(kwargs, Mapping):
         raise TypeError(f"cross_attention_kwargs must be a dict, got {type(kwargs).__name__}")
-    unknown = sorted(set(kwargs) - {"scale"})
+    unknown = sorted(set(kwargs) - {"scale", "ip_adapter_masks"})  # the masks are IP-Adapter's (models/ip_adapter.py)
     if unknown:
         raise TypeError(
-            f"cross_attention_kwargs keys {unknown} are not supported: sdxl takes only {{'scale': s}}, the LoRA scale."
+            f"cross_attention_kwargs keys {unknown} are not supported: sdxl takes {{'scale': s}} (the LoRA scale) and "
+            "'ip_adapter_masks' (IP-Adapter)."
         )
     scale = kwargs.get("scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):

@@ -7,7 +7,6 @@ restricted to what SDXL (and SD 1.x) checkpoints use; any other config value is 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Transformer2DModel
+from .attention_processor import AttentionProcessorsMixin, IPAdapterContext
 from .base import ConfiguredModel
 from .layers import (
     Downsample2D,
@@ -24,43 +24,16 @@ from .layers import (
     ResnetBlock2D,
     TimestepEmbedding,
     Upsample2D,
-    config_from_dict,
-    config_to_dict,
+    build_config,
     timestep_embedding,
 )
 from .lora import call_scale, check_cross_attention_kwargs
+from .unet_adapters import UNetAdaptersMixin
+from .unet_blocks import DownBlock, MidBlock, UpBlock
+from .unet_config import UNetConfig
 
-_CLASS_NAME = "UNet2DConditionModel"
-_DOWN_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D")
-_UP_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D")
-_ADDITION_EMBED_TYPES = (None, "text_time")
-# Training-only keys.
-_IGNORED_KEYS = frozenset({"dropout"})
-# diffusers keys for features sdxl does not build: accepted only with these values (which switch them off).
-_NEUTRAL_KEYS: dict[str, Any] = {
-    "act_fn": "silu",
-    "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "only_cross_attention": False,
-    "mid_block_only_cross_attention": None,
-    "dual_cross_attention": False,
-    "upcast_attention": False,
-    "num_attention_heads": None,
-    "reverse_transformer_layers_per_block": None,
-    "resnet_time_scale_shift": "default",
-    "resnet_skip_time_act": False,
-    "resnet_out_scale_factor": 1.0,
-    "time_embedding_type": "positional",
-    "time_embedding_act_fn": None,
-    "timestep_post_act": None,
-    "class_embed_type": None,
-    "num_class_embeds": None,
-    "class_embeddings_concat": False,
-    "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None,
-    "attention_type": "default",
-    "cross_attention_norm": None,
-}
-# forward() keywords of diffusers' UNet that we do not implement: refused when they carry a value.
+__all__ = ["UNet2DConditionModel", "UNet2DConditionOutput", "UNetConfig"]
+
 _UNSUPPORTED_FORWARD_KWARGS = frozenset(
     {
         "class_labels",
@@ -71,158 +44,7 @@ _UNSUPPORTED_FORWARD_KWARGS = frozenset(
         "down_intrablock_additional_residuals",
     }
 )
-
-PerLevel = int | tuple[int, ...]
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """UNet2DConditionModel config; field names are the diffusers config.json keys, defaults diffusers' defaults.
-
-    Note the diffusers naming quirk: `attention_head_dim` is the NUMBER OF HEADS per level (diffusers reads it
-    as `num_attention_heads` when that key is None, which it always is); the head size is channels // heads.
-    """
-
-    sample_size: int | tuple[int, int] | None = None
-    in_channels: int = 4
-    out_channels: int = 4
-    center_input_sample: bool = False
-    flip_sin_to_cos: bool = True
-    freq_shift: float = 0
-    down_block_types: tuple[str, ...] = (
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    )
-    up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
-    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
-    layers_per_block: PerLevel = 2
-    downsample_padding: int = 1
-    mid_block_scale_factor: float = 1.0
-    norm_num_groups: int = 32
-    norm_eps: float = 1e-5
-    cross_attention_dim: PerLevel = 1280
-    transformer_layers_per_block: PerLevel = 1
-    attention_head_dim: PerLevel = 8
-    use_linear_projection: bool = False
-    addition_embed_type: str | None = None
-    addition_time_embed_dim: int | None = None
-    projection_class_embeddings_input_dim: int | None = None
-    # Read by diffusers only for addition_embed_type "text" (not built here); kept so configs round-trip.
-    addition_embed_type_num_heads: int = 64
-    time_embedding_dim: int | None = None
-    time_cond_proj_dim: int | None = None
-    conv_in_kernel: int = 3
-    conv_out_kernel: int = 3
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _as_tuple(getattr(self, f.name)))
-        self._validate()
-
-    def _validate(self) -> None:
-        n = len(self.block_out_channels)
-        for key, allowed in (("down_block_types", _DOWN_TYPES), ("up_block_types", _UP_TYPES)):
-            bad = [t for t in getattr(self, key) if t not in allowed]
-            if bad:
-                raise ValueError(f"UNet config {key} contains {bad}: supported block types are {allowed}")
-            if len(getattr(self, key)) != n:
-                raise ValueError(f"UNet config {key} has {len(getattr(self, key))} entries, block_out_channels {n}")
-        for key in ("layers_per_block", "cross_attention_dim", "transformer_layers_per_block", "attention_head_dim"):
-            value = getattr(self, key)
-            if isinstance(value, tuple):
-                if len(value) != n:
-                    raise ValueError(f"UNet config {key}={value!r} needs one entry per level ({n})")
-                if not all(isinstance(v, int) for v in value):
-                    raise ValueError(
-                        f"UNet config {key}={value!r} is not supported: give an int or one int per level "
-                        "(per-block lists of asymmetric UNets are not implemented)"
-                    )
-            elif not isinstance(value, int):
-                raise TypeError(f"UNet config {key}={value!r} must be an int or a list of ints")
-        if self.addition_embed_type not in _ADDITION_EMBED_TYPES:
-            raise ValueError(
-                f"UNet config addition_embed_type={self.addition_embed_type!r} is not supported: "
-                f"supported values are {_ADDITION_EMBED_TYPES}"
-            )
-        if self.addition_embed_type == "text_time":
-            for key in ("addition_time_embed_dim", "projection_class_embeddings_input_dim"):
-                if not isinstance(getattr(self, key), int):
-                    raise TypeError(f"UNet config {key}={getattr(self, key)!r}: 'text_time' needs an int")
-        heads = self.per_level("attention_head_dim")
-        for level, (kind, ch) in enumerate(zip(self.down_block_types, self.block_out_channels)):
-            # the mid block's transformer uses the last level's heads, whatever that level's block type
-            if (kind.startswith("CrossAttn") or level == n - 1) and ch % heads[level]:
-                raise ValueError(
-                    f"UNet config attention_head_dim (the number of heads) {heads[level]} does not divide "
-                    f"block_out_channels[{level}]={ch}"
-                )
-
-    def __getattr__(self, name: str) -> Any:
-        # `unet.config.class_embed_type` etc. read as in diffusers: the neutral value of a feature we do not build.
-        if name in _NEUTRAL_KEYS:
-            return _NEUTRAL_KEYS[name]
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
-
-    def per_level(self, key: str) -> tuple[int, ...]:
-        """An int-or-list field as one value per level (down-block order)."""
-        value = getattr(self, key)
-        return value if isinstance(value, tuple) else (value,) * len(self.block_out_channels)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> UNetConfig:
-        """Read a diffusers `unet/config.json` dict; unsupported values and unknown keys are ValueErrors."""
-        return config_from_dict(cls, d, class_name=_CLASS_NAME, ignored=_IGNORED_KEYS, neutral=_NEUTRAL_KEYS)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A diffusers-compatible config.json dict (every key, lists for tuples)."""
-        return config_to_dict(self, class_name=_CLASS_NAME, neutral=_NEUTRAL_KEYS)
-
-    @classmethod
-    def sdxl_base(cls) -> UNetConfig:
-        """stabilityai/stable-diffusion-xl-base-1.0 `unet/config.json` (2,567,463,684 parameters)."""
-        return cls(
-            sample_size=128,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(320, 640, 1280),
-            cross_attention_dim=2048,
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,  # pooled text 1280 + 6 time ids x 256
-        )
-
-    @classmethod
-    def sdxl_refiner(cls) -> UNetConfig:
-        """stabilityai/stable-diffusion-xl-refiner-1.0 `unet/config.json`: 4 levels, OpenCLIP-G context only,
-        5 time ids (aesthetic score in place of the target size)."""
-        return cls(
-            sample_size=128,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(384, 768, 1536, 1536),
-            cross_attention_dim=1280,
-            transformer_layers_per_block=4,
-            attention_head_dim=(6, 12, 24, 24),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2560,  # pooled text 1280 + 5 time ids x 256
-        )
-
-    @classmethod
-    def sdxl_inpaint(cls) -> UNetConfig:
-        """diffusers/stable-diffusion-xl-1.0-inpainting-0.1: the base with 9 input channels
-        (4 noisy latents + 1 mask + 4 masked-image latents)."""
-        return dataclasses.replace(cls.sdxl_base(), in_channels=9)
+_ADDED_COND_KEYS = frozenset({"text_embeds", "time_ids", "image_embeds"})
 
 
 @dataclass
@@ -232,79 +54,19 @@ class UNet2DConditionOutput(ModelOutput):
     sample: torch.Tensor
 
 
-class DownBlock(nn.Module):
-    """DownBlock2D / CrossAttnDownBlock2D: resnets (each followed by a transformer in the cross-attention
-    variant), then an optional stride-2 downsampler. Returns the output and one skip tensor per stage."""
 
-    def __init__(self, resnets: list[nn.Module], attentions: list[nn.Module] | None, downsampler: nn.Module | None):
+class UNet2DConditionModel(UNetAdaptersMixin, AttentionProcessorsMixin, ConfiguredModel):
+    """The SDXL denoising UNet (base, refiner or inpainting, from `UNetConfig`), diffusers' keys and call forms.
+
+    Built from a `UNetConfig`, a config.json dict, or diffusers' keyword arguments
+    (`UNet2DConditionModel(block_out_channels=(32, 64), ...)`); a fresh model gets diffusers' random weights for the
+    same `torch.manual_seed` (modules are built in diffusers' order). Adapters and switches (IP-Adapter, FreeU,
+    attention processors, fused projections) are in `unet_adapters.py` / `attention_processor.py`.
+    """
+
+    def __init__(self, config: UNetConfig | Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__()
-        self.resnets = nn.ModuleList(resnets)
-        self.attentions = nn.ModuleList(attentions) if attentions is not None else None
-        self.downsamplers = nn.ModuleList([downsampler]) if downsampler is not None else None
-
-    def forward(
-        self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        skips = []
-        for i, resnet in enumerate(self.resnets):
-            x = resnet(x, temb)
-            if self.attentions is not None:
-                x = self.attentions[i](x, context)
-            skips.append(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-            skips.append(x)
-        return x, skips
-
-
-class MidBlock(nn.Module):
-    """UNetMidBlock2DCrossAttn: resnet, transformer, resnet."""
-
-    def __init__(self, resnets: list[nn.Module], attentions: list[nn.Module]):
-        super().__init__()
-        self.attentions = nn.ModuleList(attentions)
-        self.resnets = nn.ModuleList(resnets)
-
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = self.resnets[0](x, temb)
-        for attn, resnet in zip(self.attentions, self.resnets[1:]):
-            x = resnet(attn(x, context), temb)
-        return x
-
-
-class UpBlock(nn.Module):
-    """UpBlock2D / CrossAttnUpBlock2D: each resnet takes the running tensor concatenated with one skip tensor
-    (last in, first out), a transformer follows in the cross-attention variant; then an optional upsampler."""
-
-    def __init__(self, resnets: list[nn.Module], attentions: list[nn.Module] | None, upsampler: nn.Module | None):
-        super().__init__()
-        self.resnets = nn.ModuleList(resnets)
-        self.attentions = nn.ModuleList(attentions) if attentions is not None else None
-        self.upsamplers = nn.ModuleList([upsampler]) if upsampler is not None else None
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        skips: list[torch.Tensor],
-        temb: torch.Tensor,
-        context: torch.Tensor,
-        upsample_size: tuple[int, int] | None = None,
-    ) -> torch.Tensor:
-        for i, resnet in enumerate(self.resnets):
-            x = torch.cat([x, skips[-1 - i]], dim=1)  # (B, C + C_skip, H, W)
-            x = resnet(x, temb)
-            if self.attentions is not None:
-                x = self.attentions[i](x, context)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x, upsample_size)
-        return x
-
-
-class UNet2DConditionModel(ConfiguredModel):
-    """The SDXL denoising UNet (base, refiner or inpainting, from `UNetConfig`), diffusers' keys and call forms."""
-
-    def __init__(self, config: UNetConfig):
-        super().__init__()
+        config = build_config(UNetConfig, config, kwargs, "UNet2DConditionModel")
         self.config = config
         ch = config.block_out_channels
         n = len(ch)
@@ -323,49 +85,44 @@ class UNet2DConditionModel(ConfiguredModel):
 
         self.conv_in = nn.Conv2d(config.in_channels, ch[0], config.conv_in_kernel, padding=config.conv_in_kernel // 2)
         self.time_embedding = TimestepEmbedding(ch[0], temb_dim, cond_proj_dim=config.time_cond_proj_dim)
+        self.encoder_hid_proj = None  # IP-Adapter image projections, set by _load_ip_adapter_weights
         self.add_embedding = None
         if config.addition_embed_type == "text_time":
             self.add_embedding = TimestepEmbedding(config.projection_class_embeddings_input_dim, temb_dim)
 
+        # Registered down, up, then mid (diffusers' order: `attn_processors` and IP-Adapter weight ids follow it);
+        # built down, mid, then up, each resnet before its transformer (diffusers' order: same random weights).
         self.down_blocks = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
         c_out = ch[0]
         for i, kind in enumerate(config.down_block_types):
             c_in, c_out = c_out, ch[i]
-            attn = kind == "CrossAttnDownBlock2D"
-            self.down_blocks.append(
-                DownBlock(
-                    [resnet(c_in if j == 0 else c_out, c_out) for j in range(layers[i])],
-                    [transformer(c_out, heads[i], depth[i], cross_dim[i]) for _ in range(layers[i])] if attn else None,
-                    Downsample2D(c_out, padding=config.downsample_padding) if i < n - 1 else None,
-                )
-            )
+            resnets, attentions = [], []
+            for j in range(layers[i]):
+                resnets.append(resnet(c_in if j == 0 else c_out, c_out))
+                if kind == "CrossAttnDownBlock2D":
+                    attentions.append(transformer(c_out, heads[i], depth[i], cross_dim[i]))
+            down = Downsample2D(c_out, padding=config.downsample_padding) if i < n - 1 else None
+            self.down_blocks.append(DownBlock(resnets, attentions or None, down))
 
         scale = config.mid_block_scale_factor
-        self.mid_block = MidBlock(
-            [resnet(ch[-1], ch[-1], scale), resnet(ch[-1], ch[-1], scale)],
-            [transformer(ch[-1], heads[-1], depth[-1], cross_dim[-1])],
-        )
+        first = resnet(ch[-1], ch[-1], scale)
+        mid_attention = transformer(ch[-1], heads[-1], depth[-1], cross_dim[-1])
+        self.mid_block = MidBlock([first, resnet(ch[-1], ch[-1], scale)], [mid_attention])
 
-        self.up_blocks = nn.ModuleList()
         rev_ch, rev_heads, rev_layers = ch[::-1], heads[::-1], layers[::-1]
         rev_depth, rev_cross = depth[::-1], cross_dim[::-1]
         c_out = rev_ch[0]
         for i, kind in enumerate(config.up_block_types):
             c_prev, c_out, c_skip_in = c_out, rev_ch[i], rev_ch[min(i + 1, n - 1)]
             num = rev_layers[i] + 1
-            attn = kind == "CrossAttnUpBlock2D"
-            self.up_blocks.append(
-                UpBlock(
-                    [
-                        resnet((c_prev if j == 0 else c_out) + (c_skip_in if j == num - 1 else c_out), c_out)
-                        for j in range(num)
-                    ],
-                    [transformer(c_out, rev_heads[i], rev_depth[i], rev_cross[i]) for _ in range(num)]
-                    if attn
-                    else None,
-                    Upsample2D(c_out) if i < n - 1 else None,
-                )
-            )
+            resnets, attentions = [], []
+            for j in range(num):
+                resnets.append(resnet((c_prev if j == 0 else c_out) + (c_skip_in if j == num - 1 else c_out), c_out))
+                if kind == "CrossAttnUpBlock2D":
+                    attentions.append(transformer(c_out, rev_heads[i], rev_depth[i], rev_cross[i]))
+            up = Upsample2D(c_out) if i < n - 1 else None
+            self.up_blocks.append(UpBlock(resnets, attentions or None, up, resolution_idx=i))
 
         self.conv_norm_out = nn.GroupNorm(groups, ch[0], eps=eps)
         self.conv_out = nn.Conv2d(
@@ -390,8 +147,10 @@ class UNet2DConditionModel(ConfiguredModel):
         "time_ids": ...}).sample` or `(..., return_dict=False)[0]`; or pass `text_embeds=`/`time_ids=` directly.
 
         sample (B, in_channels, H, W); timestep a number, a 0-dim or (B,) tensor; encoder_hidden_states
-        (B, T, cross_attention_dim); text_embeds (B, pooled dim); time_ids (B, n_ids). This is a shim that
-        checks the diffusers-only arguments and calls `predict`.
+        (B, T, cross_attention_dim); text_embeds (B, pooled dim); time_ids (B, n_ids); with an IP-Adapter loaded,
+        added_cond_kwargs["image_embeds"] and optionally cross_attention_kwargs={"ip_adapter_masks": [...]}.
+        `cross_attention_kwargs["scale"]` (diffusers' LoRA scale) is accepted. This is a shim that checks the
+        diffusers-only arguments and calls `predict`.
         """
         for key, value in diffusers_kwargs.items():
             if key not in _UNSUPPORTED_FORWARD_KWARGS:
@@ -399,20 +158,26 @@ class UNet2DConditionModel(ConfiguredModel):
             if value is not None:
                 raise TypeError(f"UNet2DConditionModel.forward(): {key} is not supported by sdxl (pass None)")
         lora_scale = check_cross_attention_kwargs(cross_attention_kwargs)
+        ip_adapter_masks = (cross_attention_kwargs or {}).get("ip_adapter_masks")
+        image_embeds = None
         if added_cond_kwargs is not None:
             if not isinstance(added_cond_kwargs, Mapping):
                 raise TypeError(f"added_cond_kwargs must be a dict, got {type(added_cond_kwargs).__name__}")
-            unknown = sorted(set(added_cond_kwargs) - {"text_embeds", "time_ids"})
+            unknown = sorted(set(added_cond_kwargs) - _ADDED_COND_KEYS)
             if unknown:
-                raise TypeError(f"added_cond_kwargs keys {unknown} are not supported (only text_embeds, time_ids)")
+                raise TypeError(f"added_cond_kwargs keys {unknown} are not supported (only {sorted(_ADDED_COND_KEYS)})")
             if text_embeds is not None or time_ids is not None:
                 raise TypeError("give text_embeds/time_ids either in added_cond_kwargs or as keywords, not both")
             text_embeds, time_ids = added_cond_kwargs.get("text_embeds"), added_cond_kwargs.get("time_ids")
+            image_embeds = added_cond_kwargs.get("image_embeds")
         if not torch.is_tensor(timestep):
             # diffusers makes an int64/float64 tensor that the embedding casts to float32: same values.
             timestep = torch.full((sample.shape[0],), timestep, dtype=torch.float32, device=sample.device)
         with call_scale(self, lora_scale):
-            out = self.predict(sample, timestep, encoder_hidden_states, text_embeds, time_ids, timestep_cond)
+            out = self.predict(
+                sample, timestep, encoder_hidden_states, text_embeds, time_ids, timestep_cond,
+                image_embeds=image_embeds, ip_adapter_masks=ip_adapter_masks,
+            )
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
     def predict(
@@ -423,10 +188,15 @@ class UNet2DConditionModel(ConfiguredModel):
         text_embeds: torch.Tensor | None = None,
         time_ids: torch.Tensor | None = None,
         timestep_cond: torch.Tensor | None = None,
+        *,
+        image_embeds: list[torch.Tensor] | None = None,
+        ip_adapter_masks: list[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """The model output (epsilon or v) from explicit tensors: sample (B, C, H, W), timesteps 0-dim, (1,)
-        or (B,), context (B, T, D), text_embeds (B, P) and time_ids (B, n_ids) for 'text_time' models."""
+        or (B,), context (B, T, D), text_embeds (B, P) and time_ids (B, n_ids) for 'text_time' models;
+        image_embeds (one (B, n_images, ...) tensor per loaded IP-Adapter) and their optional masks."""
         cfg = self.config
+        context = self._ip_adapter_context(context, image_embeds, ip_adapter_masks)
         batch = sample.shape[0]
         if cfg.center_input_sample:
             sample = 2 * sample - 1.0
@@ -468,6 +238,21 @@ class UNet2DConditionModel(ConfiguredModel):
 
         # 6. out
         return self.conv_out(F.silu(self.conv_norm_out(h)))  # (B, out_channels, H, W)
+
+    def _ip_adapter_context(
+        self, context: torch.Tensor, image_embeds: list[torch.Tensor] | None, masks: list[Any] | None
+    ) -> torch.Tensor | IPAdapterContext:
+        """The text context, or with IP-Adapters loaded an `IPAdapterContext` holding the projected image tokens."""
+        if self.encoder_hid_proj is None:
+            if image_embeds is not None:
+                raise ValueError("image_embeds were given but no IP-Adapter is loaded: call load_ip_adapter() first.")
+            return context
+        if image_embeds is None:
+            raise ValueError(
+                "An IP-Adapter is loaded: pass added_cond_kwargs['image_embeds'] (a list with one (B, n_images, ...) "
+                "tensor per adapter), or unload_ip_adapter()."
+            )
+        return IPAdapterContext(context, self.encoder_hid_proj(image_embeds), masks)
 
     def _check_added_cond(self, text_embeds: torch.Tensor | None, time_ids: torch.Tensor | None) -> None:
         if text_embeds is None or time_ids is None:

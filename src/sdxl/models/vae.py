@@ -20,8 +20,18 @@ from torch import nn
 from sdxl.noise import randn_tensor
 
 from .attention import Attention
+from .attention_processor import AttentionProcessorsMixin
 from .base import ConfiguredModel
-from .layers import Downsample2D, ModelOutput, ResnetBlock2D, Upsample2D, config_from_dict, config_to_dict
+from .layers import (
+    ConfigMapping,
+    Downsample2D,
+    ModelOutput,
+    ResnetBlock2D,
+    Upsample2D,
+    build_config,
+    config_from_dict,
+    config_to_dict,
+)
 from .vae_tiling import blend_h, blend_v, sliced, tiled
 
 _CLASS_NAME = "AutoencoderKL"
@@ -37,8 +47,9 @@ def _as_tuple(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class VAEConfig:
-    """AutoencoderKL config; field names are the diffusers config.json keys, defaults diffusers' defaults."""
+class VAEConfig(ConfigMapping):
+    """AutoencoderKL config; field names are the diffusers config.json keys, defaults diffusers' defaults; reads as a
+    dict too, as diffusers' FrozenDict."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -153,8 +164,10 @@ class MidBlock(nn.Module):
 
     def __init__(self, channels: int, groups: int, add_attention: bool):
         super().__init__()
+        # built resnet, attention, resnet (diffusers' order: the same seed gives the same random weights)
+        first = ResnetBlock2D(channels, channels, None, groups, _NORM_EPS)
         self.attentions = nn.ModuleList([SpatialSelfAttention(channels, groups)] if add_attention else [])
-        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, None, groups, _NORM_EPS) for _ in range(2)])
+        self.resnets = nn.ModuleList([first, ResnetBlock2D(channels, channels, None, groups, _NORM_EPS)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x)
@@ -245,10 +258,11 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.conv_norm_out(x)))
 
 
-class AutoencoderKL(ConfiguredModel):
+class AutoencoderKL(AttentionProcessorsMixin, ConfiguredModel):
     """The SDXL VAE with diffusers' methods: `encode(x).latent_dist`, `decode(z).sample`, `config.scaling_factor`.
 
-    Latents are not scaled here: pipelines multiply by `config.scaling_factor` after encoding and divide before
+    Built from a `VAEConfig`, a config.json dict or diffusers' keyword arguments (`AutoencoderKL(block_out_channels=
+    [32, 64], ...)`); a fresh model gets diffusers' random weights for the same seed. Latents are not scaled here: pipelines multiply by `config.scaling_factor` after encoding and divide before
     decoding, as with diffusers.
 
     Memory options, as diffusers: `enable_slicing()` encodes/decodes one batch item at a time; `enable_tiling()`
@@ -256,8 +270,9 @@ class AutoencoderKL(ConfiguredModel):
     `sample_size`) into tiles overlapping by `tile_overlap_factor`, blended across the seams (see `vae_tiling`).
     """
 
-    def __init__(self, config: VAEConfig):
+    def __init__(self, config: VAEConfig | Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__()
+        config = build_config(VAEConfig, config, kwargs, "AutoencoderKL")
         self.config = config
         c = config.latent_channels
         self.encoder = Encoder(config)

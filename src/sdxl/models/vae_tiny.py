@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .base import ConfiguredModel
-from .layers import ModelOutput, config_from_dict, config_to_dict
+from .layers import ConfigMapping, ModelOutput, build_config, config_from_dict, config_to_dict
 from .vae import DecoderOutput
 
 _CLASS_NAME = "AutoencoderTiny"
@@ -28,7 +28,7 @@ _IGNORED_KEYS = frozenset({"block_out_channels"})
 
 
 @dataclass(frozen=True)
-class AutoencoderTinyConfig:
+class AutoencoderTinyConfig(ConfigMapping):
     """AutoencoderTiny config; field names are the diffusers config.json keys, defaults diffusers' (= taesd's)."""
 
     in_channels: int = 3
@@ -165,8 +165,10 @@ class AutoencoderTiny(ConfiguredModel):
     """TAESD with diffusers' surface: `encode(x).latents`, `decode(z).sample`, `config.scaling_factor` (1.0), and
     `scale_latents`/`unscale_latents` (the 8-bit latent packing TAESD's forward round-trips through)."""
 
-    def __init__(self, config: AutoencoderTinyConfig):
+    def __init__(self, config: AutoencoderTinyConfig | Mapping[str, Any] | None = None, **kwargs: Any):
         super().__init__()
+        # also diffusers' keyword form, AutoencoderTiny(in_channels=3, out_channels=3, latent_channels=4)
+        config = build_config(AutoencoderTinyConfig, config, kwargs, "AutoencoderTiny")
         self.config = config
         self.encoder = EncoderTiny(config)
         self.decoder = DecoderTiny(config)

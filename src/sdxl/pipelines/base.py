@@ -89,6 +89,8 @@ class DiffusionPipeline(MemoryOptionsMixin):
 
     _component_names: tuple[str, ...] = ()
     _required_components: tuple[str, ...] = ()
+    # diffusers' attribute: components a pipeline may hold as None (every one not required)
+    _optional_components: tuple[str, ...] = ()
     _init_options: tuple[str, ...] = ()
     # the order models run in (diffusers' attribute); model CPU offload manages these, then any other model
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
@@ -97,6 +99,20 @@ class DiffusionPipeline(MemoryOptionsMixin):
         """Set each component as an attribute (`pipe.unet`, ...); plain assignment replaces one later."""
         for name, component in components.items():
             setattr(self, name, component)
+
+    def register_modules(self, **components: Any) -> None:
+        """diffusers' name for `register_components` (used by loaders that add a component, e.g. the image encoder)."""
+        unknown = sorted(set(components) - set(self._component_names))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no components {unknown}; it has {list(self._component_names)}.")
+        self.register_components(**components)
+
+    @staticmethod
+    def numpy_to_pil(images: Any) -> list[Any]:
+        """(B, H, W, C) or (H, W, C) float arrays in [0, 1] -> PIL images (diffusers' static method)."""
+        from sdxl.image import numpy_to_pil
+
+        return numpy_to_pil(images)
 
     def register_to_config(self, **values: Any) -> None:
         """Add or change pipeline config values (`pipe.config`)."""
@@ -264,10 +280,12 @@ class DiffusionPipeline(MemoryOptionsMixin):
         cls,
         pretrained_model_name_or_path: Any,
         *,
-        torch_dtype: torch.dtype | None = None,
-        dtype: torch.dtype | None = None,
+        torch_dtype: torch.dtype | dict[str, torch.dtype] | None = None,
+        dtype: torch.dtype | dict[str, torch.dtype] | None = None,
         variant: str | None = None,
         use_safetensors: bool | None = None,
+        device_map: Any = None,
+        low_cpu_mem_usage: bool | None = None,
         **kwargs: Any,
     ) -> DiffusionPipeline:
         """Load a pipeline from a diffusers-layout folder or hub id.
@@ -275,8 +293,11 @@ class DiffusionPipeline(MemoryOptionsMixin):
         Keyword arguments named like components (`vae=`, `text_encoder_2=`, `scheduler=`, ...) are used instead of
         loading that component (None skips it); the others are pipeline options (`force_zeros_for_empty_prompt`,
         `add_watermarker`), which override model_index.json. Every model gets one dtype, `torch_dtype` (or its
-        newer spelling `dtype`), default float32. On `DiffusionPipeline` itself the class comes from
-        model_index.json's `_class_name`.
+        newer spelling `dtype`), default float32, or per component with a dict ({"unet": torch.float16,
+        "default": torch.float32}). `device_map` puts the whole pipeline on one device ("cuda", {"": "cuda:1"},
+        "balanced"/"auto": the accelerator, else the CPU): sdxl does not split models across devices.
+        `low_cpu_mem_usage` is accepted and ignored (models always build on the meta device). On
+        `DiffusionPipeline` itself the class comes from model_index.json's `_class_name`.
         """
         from sdxl.loading.diffusers import load_pipeline_components
 
@@ -291,6 +312,7 @@ class DiffusionPipeline(MemoryOptionsMixin):
             variant=variant,
             use_safetensors=use_safetensors,
             overrides=overrides,
+            device_map=device_map,
         )
         target = cls if cls is not DiffusionPipeline else pipeline_class(model_index.get("_class_name"))
         target._check_options(kwargs)
@@ -364,9 +386,20 @@ class DiffusionPipeline(MemoryOptionsMixin):
 
         return save_single_file(self.components, path)
 
-    def save_pretrained(self, save_directory: Any, variant: str | None = None) -> Any:
-        """Write the diffusers folder layout (model_index.json, one subfolder per component); returns the folder."""
+    def save_pretrained(
+        self, save_directory: Any, safe_serialization: bool = True, variant: str | None = None, **kwargs: Any
+    ) -> Any:
+        """Write the diffusers folder layout (model_index.json, one subfolder per component); returns the folder.
+
+        Weights are always safetensors: `safe_serialization=False` (diffusers' pickle format) is accepted and changes
+        nothing, since sdxl never writes pickles; diffusers reads these folders too. `variant` names the files
+        (`diffusion_pytorch_model.fp16.safetensors`). Other diffusers keywords (`push_to_hub`, ...) are refused."""
         from sdxl.loading.save import save_pretrained
+
+        if kwargs:
+            raise TypeError(f"save_pretrained got unsupported arguments {sorted(kwargs)}; it takes variant=.")
+        if not safe_serialization:
+            logger.info("safe_serialization=False: sdxl writes safetensors anyway (it never writes pickle files).")
 
         options = {k: v for k, v in self.config.items() if k in self._init_options}
         return save_pretrained(

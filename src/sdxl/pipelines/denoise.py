@@ -136,6 +136,19 @@ def steps_before_denoising_end(timesteps: torch.Tensor, denoising_end: float, nu
     return int((timesteps >= cutoff).sum())
 
 
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int = 512, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B,) guidance weights -> (B, embedding_dim) sinusoidal embedding of w * 1000 ([sin, cos] halves), the
+    `timestep_cond` of guidance-distilled UNets (LCM, arXiv:2310.04378; diffusers' `get_guidance_scale_embedding`)."""
+    if w.ndim != 1:
+        raise ValueError(f"guidance weights must be a 1-D tensor, got shape {tuple(w.shape)}")
+    w = w * 1000.0
+    half = embedding_dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=dtype) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
+    args = w.to(dtype)[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return torch.nn.functional.pad(emb, (0, 1)) if embedding_dim % 2 == 1 else emb
+
+
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
     """Guidance rescale, Lin et al. 2023 (arXiv:2305.08891) section 3.4: match the per-sample std of the text
     prediction (unbiased std, as torch's default), mixed by `guidance_rescale`."""
@@ -242,8 +255,10 @@ def denoise(
     callback can change them, as with diffusers.
     """
     unet, scheduler = pipe.unet, pipe.scheduler
-    # only when given: UNets written against diffusers' older signatures (and test stand-ins) need not take it
+    # only when given: UNets written against diffusers' older signatures (and test stand-ins) need not take them
     unet_kwargs = {"cross_attention_kwargs": cross_attention_kwargs} if cross_attention_kwargs else {}
+    if state.get("timestep_cond") is not None:  # guidance-distilled (LCM) UNets
+        unet_kwargs["timestep_cond"] = state["timestep_cond"]
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin_index)
     order = getattr(scheduler, "order", 1)
@@ -260,6 +275,8 @@ def denoise(
             if model_input_hook is not None:
                 model_input = model_input_hook(model_input, state)
             added_cond = {"text_embeds": state["add_text_embeds"], "time_ids": state["add_time_ids"]}
+            if state.get("image_embeds") is not None:  # IP-Adapter: one tensor per adapter
+                added_cond["image_embeds"] = state["image_embeds"]
             noise_pred = unet(
                 model_input, t, encoder_hidden_states=state["prompt_embeds"], added_cond_kwargs=added_cond,
                 return_dict=False, **unet_kwargs,

@@ -32,7 +32,7 @@ from sdxl.pipelines.img2img_common import (
     prepare_img2img_latents,
 )
 from sdxl.pipelines.lora import with_prompt_loras
-from sdxl.pipelines.text2img import StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
+from sdxl.pipelines.text2img import IMAGE_MODE_COMPONENTS, StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
 from sdxl.prompts.encode import prompt_batch_size
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
     """
 
     _init_options = ("requires_aesthetics_score", "force_zeros_for_empty_prompt", "add_watermarker")
+    _component_names = IMAGE_MODE_COMPONENTS
 
     def __init__(
         self,
@@ -60,13 +61,16 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
         tokenizer_2: Any,
         unet: Any,
         scheduler: Any,
+        image_encoder: Any = None,
+        feature_extractor: Any = None,
         requires_aesthetics_score: bool = False,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
         super().__init__(
-            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
+            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
+            feature_extractor, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
         )
         self.register_to_config(requires_aesthetics_score=requires_aesthetics_score)
         self._denoising_start = None
@@ -140,8 +144,11 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         guidance_rescale: float = 0.0,
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
@@ -156,7 +163,6 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         prompt_syntax: str | None = None,
         long_prompts: bool = False,
-        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
         """Transform `image` guided by the prompt; arguments, defaults and results as diffusers'
         `StableDiffusionXLImg2ImgPipeline`.
@@ -185,11 +191,13 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
         self.check_img2img_inputs(image, strength, denoising_start, denoising_end)
+        self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
         self._clip_skip = clip_skip
         self._denoising_end = denoising_end
         self._denoising_start = denoising_start
+        self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         batch_size = prompt_batch_size(prompt, prompt_embeds) * num_images_per_prompt
         device = self.device
@@ -244,6 +252,7 @@ class StableDiffusionXLImg2ImgPipeline(StableDiffusionXLPipeline):
             negative_crops_coords_top_left=negative_crops_coords_top_left,
             negative_target_size=negative_target_size,
         )
+        state.update(self._denoiser_extras(ip_adapter_image, ip_adapter_image_embeds, batch_size, device, dtype))
 
         # 7. denoise
         self._num_timesteps = len(timesteps)

@@ -31,7 +31,7 @@ from sdxl.pipelines.img2img_common import (
 )
 from sdxl.pipelines.inpaint_steps import InpaintStepsMixin
 from sdxl.pipelines.lora import with_prompt_loras
-from sdxl.pipelines.text2img import StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
+from sdxl.pipelines.text2img import IMAGE_MODE_COMPONENTS, StableDiffusionXLPipeline, StableDiffusionXLPipelineOutput
 from sdxl.prompts.encode import prompt_batch_size
 
 # Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL inpainting).
@@ -50,6 +50,7 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
     """
 
     _init_options = ("requires_aesthetics_score", "force_zeros_for_empty_prompt", "add_watermarker")
+    _component_names = IMAGE_MODE_COMPONENTS
     _callback_tensor_inputs = INPAINT_CALLBACK_TENSOR_INPUTS
 
     def __init__(
@@ -61,13 +62,16 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
         tokenizer_2: Any,
         unet: Any,
         scheduler: Any,
+        image_encoder: Any = None,
+        feature_extractor: Any = None,
         requires_aesthetics_score: bool = False,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
         super().__init__(
-            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt, add_watermarker=add_watermarker,
+            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder,
+            feature_extractor, force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
         )
         self.register_to_config(requires_aesthetics_score=requires_aesthetics_score)
         self.mask_processor = VaeImageProcessor(
@@ -110,8 +114,11 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         guidance_rescale: float = 0.0,
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
@@ -126,7 +133,6 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         prompt_syntax: str | None = None,
         long_prompts: bool = False,
-        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
         """Inpaint `image` where `mask_image` is white; arguments, defaults and results as diffusers'
         `StableDiffusionXLInpaintPipeline`.
@@ -156,6 +162,7 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
+        self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         self.check_inpaint_inputs(
             image, mask_image, masked_image_latents, strength, padding_mask_crop, output_type, denoising_start,
             denoising_end,
@@ -165,6 +172,7 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
         self._clip_skip = clip_skip
         self._denoising_end = denoising_end
         self._denoising_start = denoising_start
+        self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         batch_size = prompt_batch_size(prompt, prompt_embeds) * num_images_per_prompt
         device = self.device
@@ -246,6 +254,7 @@ class StableDiffusionXLInpaintPipeline(InpaintStepsMixin, StableDiffusionXLPipel
             mask = torch.cat([mask] * 2)
             masked_latents = torch.cat([masked_latents] * 2) if masked_latents is not None else None
         state.update(mask=mask, masked_image_latents=masked_latents)
+        state.update(self._denoiser_extras(ip_adapter_image, ip_adapter_image_embeds, batch_size, device, dtype))
 
         # 7. denoise: 9 channels stack [latents, mask, masked-image latents]; 4 channels blend after each step
         model_input_hook = after_step_hook = None

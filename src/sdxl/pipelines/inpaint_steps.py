@@ -4,6 +4,7 @@ the loop's blending, with the same order of random draws)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,8 @@ from sdxl.image import mask_latents, spatial_size
 from sdxl.noise import randn_tensor
 from sdxl.pipelines.denoise import check_denoising_fraction, check_generator_count
 from sdxl.pipelines.img2img_common import check_strength, encode_image_latents, repeat_to_batch
+
+logger = logging.getLogger(__name__)
 
 
 class InpaintStepsMixin:
@@ -56,11 +59,10 @@ class InpaintStepsMixin:
                 "blending) or a 9-channel inpainting UNet (latents + mask + masked-image latents)."
             )
         if masked_image_latents is not None:
-            if in_channels == 4:
-                raise ValueError(
-                    "`masked_image_latents` was given, but this pipeline's UNet has 4 input channels: the base UNet "
-                    "blends latents outside the mask and takes no masked_image_latents. Pass a 9-channel inpainting "
-                    "UNet, or drop `masked_image_latents`."
+            if in_channels == 4:  # diffusers accepts them too (and so does code written for it): say they do nothing
+                logger.warning(
+                    "`masked_image_latents` has no effect with a 4-channel UNet (it blends latents outside the mask); "
+                    "only 9-channel inpainting UNets read it."
                 )
             if not isinstance(masked_image_latents, torch.Tensor) or masked_image_latents.ndim != 4:
                 raise TypeError(
@@ -151,6 +153,11 @@ class InpaintStepsMixin:
         if is_strength_max:
             return noise * self.scheduler.init_noise_sigma, noise, image_latents
         return self.scheduler.add_noise(image_latents, noise, latent_timestep), noise, image_latents
+
+    def _encode_vae_image(self, image: torch.Tensor, generator: Any) -> torch.Tensor:
+        """Pixels (B, 3, H, W) in [-1, 1] -> scaled latents, one posterior sample each (diffusers' method, which user
+        code calls to make `masked_image_latents`)."""
+        return encode_image_latents(self.vae, image, generator)
 
     def _mask_inputs(
         self,

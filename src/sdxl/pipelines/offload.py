@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sdxl.devices import detect_accelerator, is_available
+
 logger = logging.getLogger(__name__)
 
 # methods besides `forward` that run a model (diffusers' `apply_forward_hook` methods of the VAE)
@@ -55,20 +57,6 @@ def accelerator_device(gpu_id: int | None, device: torch.device | str | None, wh
     return torch.device(torch_device.type, index)
 
 
-def detect_accelerator() -> str | None:
-    """'cuda', 'xpu' or 'mps', whichever is available first; None on a CPU-only machine."""
-    for kind in ("cuda", "xpu", "mps"):
-        if is_available(kind):
-            return kind
-    return None
-
-
-def is_available(kind: str) -> bool:
-    """Whether torch has a usable device of type `kind`."""
-    if kind == "mps":
-        return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-    backend = getattr(torch, kind, None)
-    return bool(backend is not None and hasattr(backend, "is_available") and backend.is_available())
 
 
 def to_device(obj: Any, device: torch.device) -> Any:

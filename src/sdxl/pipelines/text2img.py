@@ -30,7 +30,10 @@ from sdxl.pipelines.denoise import (
     scheduler_step_kwargs,
     steps_before_denoising_end,
 )
+from sdxl.pipelines.ip_adapter import IPAdapterMixin
 from sdxl.pipelines.lora import LoraLoaderMixin, with_prompt_loras
+from sdxl.pipelines.sd_mixin import StableDiffusionMixin
+from sdxl.pipelines.unet_inputs import UNetInputsMixin
 from sdxl.prompts.embeddings import add_textual_inversion
 from sdxl.prompts.encode import check_prompt_inputs, encode_prompt, prompt_batch_size
 from sdxl.prompts.micro import base_time_ids, time_ids_tensor
@@ -57,25 +60,41 @@ def _read_embedding(source: Any, weight_name: str | None) -> Any:
     return load_file(path)
 
 
+# diffusers' img2img and inpaint pipelines list the scheduler after the IP-Adapter parts (text2img before them)
+IMAGE_MODE_COMPONENTS = (
+    "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "image_encoder", "feature_extractor",
+    "scheduler",
+)
+
+
 @dataclass
 class StableDiffusionXLPipelineOutput(PipelineOutput):
     """`images`: list of PIL images, (B, H, W, 3) float32 array, or tensor, per `output_type`."""
 
 
-class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
+class StableDiffusionXLPipeline(
+    LoraLoaderMixin, DiffusionPipeline, StableDiffusionMixin, IPAdapterMixin, UNetInputsMixin
+):
     """Stable Diffusion XL text-to-image.
 
     Components: `vae`, `text_encoder` (CLIP ViT-L), `text_encoder_2` (OpenCLIP ViT-bigG with projection), their
-    `tokenizer` / `tokenizer_2`, `unet` and `scheduler`. The text encoders and tokenizers may be None when only
-    `prompt_embeds` are passed.
+    `tokenizer` / `tokenizer_2`, `unet` and `scheduler`; optional `image_encoder` (CLIPVisionModelWithProjection) and
+    `feature_extractor` (CLIPImageProcessor) for IP-Adapter images. The text encoders and tokenizers may be None when
+    only `prompt_embeds` are passed; a pipeline of only text encoders and tokenizers can `encode_prompt`.
 
     `force_zeros_for_empty_prompt` (model_index.json; default True): with no negative prompt, the negative
     conditioning is zeros rather than the encoded "". `add_watermarker` (default: whether the optional
     `invisible-watermark` package is installed) marks every decoded image with SDXL's 48-bit watermark.
     """
 
-    _component_names = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
+    _component_names = (
+        "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler", "image_encoder",
+        "feature_extractor",
+    )
     _required_components = ("vae", "unet", "scheduler")
+    _optional_components = (
+        "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "image_encoder", "feature_extractor",
+    )
     _init_options = ("force_zeros_for_empty_prompt", "add_watermarker")
     _callback_tensor_inputs = CALLBACK_TENSOR_INPUTS
 
@@ -88,12 +107,15 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
         tokenizer_2: Any,
         unet: Any,
         scheduler: Any,
+        image_encoder: Any = None,
+        feature_extractor: Any = None,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
         self.register_components(
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+            tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
         )
         self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         # As diffusers: on by default when invisible-watermark is installed; True without it is an ImportError
@@ -106,6 +128,7 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
         self.default_sample_size = getattr(unet.config, "sample_size", 128) if unet is not None else 128
         self._guidance_scale, self._guidance_rescale, self._clip_skip = 5.0, 0.0, None
         self._denoising_end, self._num_timesteps, self._interrupt = None, 0, False
+        self._cross_attention_kwargs = None
 
     # ---- attributes diffusers exposes during a call ----------------------------------------------------------------
 
@@ -124,7 +147,7 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
     @property
     def do_classifier_free_guidance(self) -> bool:
         """Guidance runs when guidance_scale > 1 (and the UNet does not embed the scale itself)."""
-        return guidance_enabled(self._guidance_scale) and getattr(self.unet.config, "time_cond_proj_dim", None) is None
+        return guidance_enabled(self._guidance_scale) and self._guidance_embedding_dim() is None
 
     @property
     def denoising_end(self) -> float | None:
@@ -172,7 +195,8 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
                 prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
                 pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
                 clip_skip=clip_skip, force_zeros_for_empty_prompt=self.config.force_zeros_for_empty_prompt,
-                dtype=self.unet.dtype, prompt_syntax=prompt_syntax, long_prompts=long_prompts,
+                dtype=self.unet.dtype if self.unet is not None else None, prompt_syntax=prompt_syntax,
+                long_prompts=long_prompts,
             )
 
     def load_textual_inversion(
@@ -306,8 +330,11 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
         negative_prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image: Any = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         guidance_rescale: float = 0.0,
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
@@ -320,12 +347,15 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         prompt_syntax: str | None = None,
         long_prompts: bool = False,
-        cross_attention_kwargs: dict[str, Any] | None = None,
     ) -> StableDiffusionXLPipelineOutput | tuple[Any]:
         """Generate images from text; arguments, defaults and results as diffusers' `StableDiffusionXLPipeline`.
 
         Returns `StableDiffusionXLPipelineOutput(images=...)`, or `(images,)` with `return_dict=False`.
-        `denoising_end` must be a float strictly inside (0, 1) (diffusers silently ignores other values).
+        With IP-Adapters loaded, `ip_adapter_image` (one image, or a list with one per adapter) or
+        `ip_adapter_image_embeds` (one (2B or B, n_images, ...) tensor per adapter, [negative; positive] under
+        guidance) conditions on images; `cross_attention_kwargs` goes to the UNet ({"ip_adapter_masks": [...]},
+        diffusers' LoRA {"scale": s}). `denoising_end` must be a float strictly inside (0, 1) (diffusers silently
+        ignores other values).
         Negative micro-conditioning applies only when both `negative_original_size` and `negative_target_size` are
         given, as in diffusers.
 
@@ -352,6 +382,7 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
             prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
+        self.check_ip_adapter_inputs(ip_adapter_image, ip_adapter_image_embeds)
         if not isinstance(guidance_scale, numbers.Real):  # one per image (ours): a batch of different requests
             images = prompt_batch_size(prompt, prompt_embeds) * num_images_per_prompt
             guidance_scale = guidance_per_image(guidance_scale, images)
@@ -359,6 +390,7 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
         self._guidance_rescale = guidance_rescale
         self._clip_skip = clip_skip
         self._denoising_end = denoising_end
+        self._cross_attention_kwargs = cross_attention_kwargs
         self._interrupt = False
         batch_size = prompt_batch_size(prompt, prompt_embeds) * num_images_per_prompt
         device = self.device
@@ -407,6 +439,7 @@ class StableDiffusionXLPipeline(LoraLoaderMixin, DiffusionPipeline):
             "add_text_embeds": add_text_embeds.to(device),
             # (2, n) [neg; pos] repeated per image: rows interleave neg, pos, neg, pos, ... (as diffusers)
             "add_time_ids": add_time_ids.to(device).repeat(batch_size, 1),
+            **self._denoiser_extras(ip_adapter_image, ip_adapter_image_embeds, batch_size, device, latents.dtype),
         }
 
         # 6. denoise

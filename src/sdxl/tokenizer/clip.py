@@ -21,9 +21,11 @@ from sdxl.tokenizer.files import (
     BOS_TOKEN,
     END_OF_WORD,
     EOS_TOKEN,
+    HUB_ID,
     MODEL_MAX_LENGTH,
     SPECIAL_KEYS,
     copy_added,
+    hub_folder,
     read_folder,
     shipped_vocab,
     write_folder,
@@ -124,13 +126,20 @@ class CLIPTokenizer:
         *,
         pad_token: str | None = None,
         model_max_length: int | None = None,
+        cache_dir: str | Path | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
     ) -> CLIPTokenizer:
-        """Load a local tokenizer folder: `tokenizer.json` (transformers 5) or vocab.json + merges.txt (hub layout).
+        """Load a tokenizer folder: `tokenizer.json` (transformers 5) or vocab.json + merges.txt (hub layout), from a
+        local path or a hub id ("org/name", through huggingface_hub's cache; `cache_dir`, `revision`,
+        `local_files_only` and HF_HUB_OFFLINE as in transformers).
 
         tokenizer_config.json / special_tokens_map.json, when present, give the special tokens (e.g. `pad_token`
         "!" for SDXL's second tokenizer) and `model_max_length` (77 if absent); keyword arguments override them.
         """
         folder = Path(path) / subfolder if subfolder else Path(path)
+        if not folder.is_dir() and HUB_ID.fullmatch(str(path)):
+            folder = hub_folder(str(path), subfolder, cache_dir, revision, local_files_only)
         files = read_folder(folder, pad_token, model_max_length)
         tok = cls(
             files.vocab,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -62,6 +64,37 @@ class TokenizerFiles:
     model_max_length: int
     added_tokens: list[AddedToken]
     listed: list[tuple[int, AddedToken]]
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def hub_folder(
+    repo_id: str,
+    subfolder: str | None,
+    cache_dir: Any = None,
+    revision: str | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """The cached snapshot folder holding a hub repository's tokenizer files (downloaded unless offline:
+    `local_files_only` or HF_HUB_OFFLINE)."""
+    from huggingface_hub import snapshot_download
+
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    try:
+        root = snapshot_download(
+            repo_id,
+            allow_patterns=[f"{prefix}*.json", f"{prefix}*.txt"],
+            cache_dir=cache_dir,
+            revision=revision,
+            local_files_only=offline,
+        )
+    except Exception as e:  # huggingface_hub's offline/not-found errors all mean: no such tokenizer here
+        raise FileNotFoundError(
+            f"Tokenizer {repo_id!r} is neither a local folder nor in the Hugging Face cache ({type(e).__name__}: {e})."
+        ) from e
+    return Path(root) / subfolder if subfolder else Path(root)
 
 
 def read_folder(folder: Path, pad_token: str | None = None, model_max_length: int | None = None) -> TokenizerFiles:
