@@ -47,3 +47,25 @@ def test_kill_and_restart_loses_no_job(spawn_server, tmp_path):
             assert done["state"] == "done", done["error"]
             assert client.get(done["images"][0]["url"]).status_code == 200
         assert wait_for_job(client, long["id"])["state"] == "cancelled"
+
+
+def test_an_orderly_stop_puts_the_running_job_back_in_the_queue(spawn_server, tmp_path):
+    data = tmp_path / "data"
+    first = spawn_server(data)
+    with first.client() as client:
+        image, _ = square_scene()
+        running = client.post("/v1/jobs", json={"prompt": "a green square", "steps": 150, "seed": 6,
+                                                "image": png_b64(image), "strength": 1.0}).json()
+        deadline = time.time() + 60
+        while client.get(running["url"]).json()["step"] < 1 and time.time() < deadline:
+            time.sleep(0.02)
+    first.process.send_signal(signal.SIGTERM)  # uvicorn shuts down: the worker stops at the next step
+    first.process.wait(60)  # (uvicorn re-raises the signal once it has shut down: the exit code is -15)
+
+    second = spawn_server(data)
+    with second.client() as client:
+        again = client.get(running["url"]).json()
+        assert again["state"] in ("queued", "running") and "the server was shut down" in again["note"]
+        assert again["step"] < 150
+        client.post(f"{running['url']}/cancel")
+        assert wait_for_job(client, running["id"])["state"] == "cancelled"

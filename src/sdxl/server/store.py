@@ -171,6 +171,14 @@ class JobStore:
             (state, time.time(), error, json.dumps(result or {}), job_id),
         )
 
+    def requeue(self, job_ids: list[str], *, note: str) -> None:
+        """Put running jobs back in the queue, in their old place, with `note` saying why (a shutdown)."""
+        self._connect().executemany(
+            # an orderly stop is not a crash: the start does not count towards MAX_ATTEMPTS
+            "UPDATE jobs SET state = ?, step = 0, error = ?, attempts = MAX(attempts - 1, 0) WHERE id = ? AND state = ?",
+            [(QUEUED, note, job_id, RUNNING) for job_id in job_ids],
+        )
+
     def cancel_if_queued(self, job_id: str) -> bool:
         """Cancel a job that has not started yet; False when it is not queued (running or finished)."""
         cursor = self._connect().execute(
@@ -190,12 +198,12 @@ class JobStore:
             failed = [r["id"] for r in rows if r["attempts"] >= MAX_ATTEMPTS]
             db.executemany(
                 "UPDATE jobs SET state = ?, step = 0, error = ? WHERE id = ?",
-                [(QUEUED, "the server stopped while this job ran; it was queued again", i) for i in requeued],
+                [(QUEUED, "queued again: the server process ended while this job ran (a crash or a kill)", i) for i in requeued],
             )
             db.executemany(
                 "UPDATE jobs SET state = ?, finished = ?, error = ? WHERE id = ?",
                 [
-                    (FAILED, time.time(), f"the server stopped while this job ran, {MAX_ATTEMPTS} times; not "
+                    (FAILED, time.time(), f"the server process ended while this job ran, {MAX_ATTEMPTS} times; not "
                      "retried again (it may be what stops the server: check its size and the server log)", i)
                     for i in failed
                 ],

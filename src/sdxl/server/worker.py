@@ -36,6 +36,10 @@ INPUT_NAMES = ("image", "mask")
 INPUT_ERROR, OUT_OF_MEMORY, BAD_OUTPUT, INTERNAL_ERROR = "input", "out_of_memory", "bad_output", "internal"
 
 
+class ShuttingDown(Exception):
+    """Raised by the step callback when the server stops: the running jobs go back to the queue."""
+
+
 class DataFolder:
     """Where a server keeps its files: the database, input images of waiting jobs, and generated images."""
 
@@ -106,10 +110,9 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the running job's current step and stop taking jobs."""
+        """Stop taking jobs; the running ones stop at their next step and go back to the queue (they run again,
+        from the start, when the server is started again)."""
         self._halt.set()
-        if self.current is not None:
-            self._cancel.add(self.current)
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -176,6 +179,8 @@ class Worker:
                 result["timings"] = timings
                 result["interrupted"] = self._stop_current == ids[0]
                 self.store.finish(job.id, DONE, result=result)
+        except ShuttingDown:
+            self.store.requeue(ids, note="queued again: the server was shut down while this job ran")
         except Cancelled:
             for job_id in ids:
                 self.store.finish(job_id, CANCELLED, error="cancelled while running",
@@ -192,7 +197,8 @@ class Worker:
             for job_id in ids:
                 self.board.end(job_id)
                 self._cancel.discard(job_id)
-                self.data.remove_inputs(job_id)
+                if not self._halt.is_set():  # a job queued again at shutdown still needs its input images
+                    self.data.remove_inputs(job_id)
             if self._stop_current in ids:
                 self._stop_current = None
             self.current, self.running = None, []
@@ -203,6 +209,8 @@ class Worker:
         rows = [sum(job.images for job in jobs[:k]) for k in range(len(jobs))]
 
         def on_step(step: Step) -> str | None:
+            if self._halt.is_set():
+                raise ShuttingDown()
             if all(job_id in self._cancel for job_id in ids):
                 raise Cancelled()
             previews: list[bytes | None] = [None] * len(ids)
