@@ -30,21 +30,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def build_reference(config: str, dtype: torch.dtype, workdir: Path):
-    """diffusers' StableDiffusionXLPipeline with random weights: tiny (test fixture) or the full-size SDXL configs."""
+def build_reference(config: str, dtype: torch.dtype, workdir: Path, init_device: str = "cpu"):
+    """diffusers' StableDiffusionXLPipeline: tiny (test fixture) or the full-size SDXL configs with random weights, or
+    the shipped demo model ("demo"). Full-size random weights are drawn on `init_device` (a GPU draws them in a
+    moment; the pipeline is left there)."""
     import diffusers
     import reference
 
+    if config == "demo":
+        from sdxl.loading.hub import demo_folder
+
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
+            demo_folder("demo"), torch_dtype=dtype, add_watermarker=False)
+        return _default_attention(pipe)
     if config == "tiny":
         pipe = reference.make_base_pipeline(workdir / "tiny")
-        # The test builders pin diffusers to its classic attention for parity; benchmark diffusers' default (SDPA).
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        pipe.unet.set_attn_processor(AttnProcessor2_0())
-        pipe.vae.set_attn_processor(AttnProcessor2_0())
-        for encoder in (pipe.text_encoder, pipe.text_encoder_2):
-            encoder.config._attn_implementation = "sdpa"
-        return pipe.to(dtype=dtype)
+        return _default_attention(pipe).to(dtype=dtype)
 
     import transformers
 
@@ -61,7 +62,7 @@ def build_reference(config: str, dtype: torch.dtype, workdir: Path):
         te2 = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(**CLIPTextConfig.clip_g().to_dict()))
     modules = []
     for module in (unet, vae, te1, te2):
-        module.to_empty(device="cpu")
+        module.to_empty(device=init_device)
         with torch.no_grad():
             for p in module.parameters():
                 p.normal_(0.0, 0.02)
@@ -82,6 +83,17 @@ def build_reference(config: str, dtype: torch.dtype, workdir: Path):
     )
 
 
+def _default_attention(pipe):
+    """The test builders pin diffusers to its classic attention for parity; benchmark diffusers' default (SDPA)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+        encoder.config._attn_implementation = "sdpa"
+    return pipe
+
+
 def ours_sharing_weights(ref):
     """Our pipeline holding the very tensors of `ref` (no copy)."""
     import sdxl
@@ -96,23 +108,29 @@ def ours_sharing_weights(ref):
         model.load_state_dict(state_dict, strict=True, assign=True)
         return model.eval().requires_grad_(False)
 
-    te_config = lambda m: CLIPTextConfig.from_dict(m.config.to_dict())  # noqa: E731
+    te_config = lambda m: CLIPTextConfig.from_dict(m.config.to_dict())
+    folder = ref.config.get("_name_or_path")
+    if folder and Path(folder, "tokenizer").is_dir():  # a saved model (the demo): its own vocabularies
+        tokenizers = [sdxl.CLIPTokenizer.from_pretrained(folder, sub) for sub in ("tokenizer", "tokenizer_2")]
+    else:  # the reference builders use the shipped CLIP vocabulary
+        tokenizers = [sdxl.CLIPTokenizer.from_shipped_vocab(pad_token=pad) for pad in ("<|endoftext|>", "!")]
     return sdxl.StableDiffusionXLPipeline(
         vae=adopt(sdxl.AutoencoderKL, VAEConfig.from_dict(dict(ref.vae.config)), ref.vae.state_dict()),
         text_encoder=adopt(sdxl.CLIPTextModel, te_config(ref.text_encoder),
                            normalize_clip_keys(ref.text_encoder.state_dict())),
         text_encoder_2=adopt(sdxl.CLIPTextModelWithProjection, te_config(ref.text_encoder_2),
                              normalize_clip_keys(ref.text_encoder_2.state_dict())),
-        tokenizer=sdxl.CLIPTokenizer.from_shipped_vocab(pad_token="<|endoftext|>"),
-        tokenizer_2=sdxl.CLIPTokenizer.from_shipped_vocab(pad_token="!"),
+        tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1],
         unet=adopt(sdxl.UNet2DConditionModel, UNetConfig.from_dict(dict(ref.unet.config)), ref.unet.state_dict()),
         scheduler=sdxl.EulerDiscreteScheduler.from_config(dict(ref.scheduler.config)),
+        add_watermarker=False,  # as the reference (the default turns it on where invisible-watermark is installed)
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=("tiny", "full"), default="tiny")
+    parser.add_argument("--config", choices=("tiny", "full", "demo"), default="tiny")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance", type=float, default=5.0)

@@ -136,6 +136,14 @@ def unet_pair(kind: str = "base", seed: int = 0):
     return theirs, ours
 
 
+def tiny_unet_inputs(batch: int = 2, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Seeded random (sample, timestep, context, added_cond_kwargs) for the tiny base UNet, in `dtype`."""
+    g = torch.Generator().manual_seed(seed)
+    x, context = torch.randn(batch, 4, 16, 16, generator=g), torch.randn(batch, 7, 64, generator=g)
+    added = {"text_embeds": torch.randn(batch, 32, generator=g), "time_ids": torch.rand(batch, 6, generator=g) * 64}
+    return x.to(dtype), torch.tensor(321.0), context.to(dtype), {k: v.to(dtype) for k, v in added.items()}
+
+
 def make_vae(seed: int = 0):
     from diffusers import AutoencoderKL
 

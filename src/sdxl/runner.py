@@ -128,15 +128,17 @@ class Runner:
     `device` and `dtype` apply to every model it loads; `quiet` hides the progress bars. `resolve` maps the model
     names in `GenerationParams` to what is loaded (a folder, a `.safetensors` file, a hub id or a demo alias); by
     default a name is its own source. LoRA names are files or names in `lora_dir`, or whatever `resolve_lora`
-    (name -> file path) accepts when given (the server allows names inside its LoRA folder only).
+    (name -> file path) accepts when given (the server allows names inside its LoRA folder only). `fast` turns on
+    `pipe.optimize()`'s defaults for every model it loads.
     """
 
     def __init__(
         self, device: Any = "cpu", dtype: Any = None, *, quiet: bool = True, resolve: Callable[[str], str] = str,
-        lora_dir: Any = None, resolve_lora: Callable[[str], Any] | None = None,
+        lora_dir: Any = None, resolve_lora: Callable[[str], Any] | None = None, fast: bool = False,
     ):
         import torch
 
+        self.fast = fast  # pipe.optimize() on every model loaded (`sdxl generate --fast`)
         self.device = torch.device(device)
         self.dtype = dtype if dtype is not None else torch.float32
         self.quiet = quiet
@@ -158,6 +160,8 @@ class Runner:
         self.unload()
         pipe = _open(sdxl.DiffusionPipeline, self.resolve(model), torch_dtype=self.dtype)
         pipe.to(self.device)
+        if self.fast:
+            pipe.optimize()
         pipe.set_progress_bar_config(disable=self.quiet)
         pipe._sdxl_default_scheduler = pipe.scheduler
         self._base = (model, pipe)
@@ -199,6 +203,8 @@ class Runner:
                 cls, self.resolve(name), text_encoder_2=base.text_encoder_2, vae=base.vae, torch_dtype=self.dtype
             )
             refiner.to(self.device)
+            if self.fast:
+                refiner.optimize()
             refiner._sdxl_default_scheduler = refiner.scheduler
             self._refiner = (name, refiner)
         refiner = self._refiner[1]

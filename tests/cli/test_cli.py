@@ -54,6 +54,23 @@ def test_command_image_equals_diffusers_on_the_same_folder(tiny_checkpoint, tmp_
     assert np.abs(ours - np.asarray(expected, dtype=np.int16)).max() <= 2
 
 
+def test_fast_flag_turns_the_fast_path_on_and_keeps_the_image(tiny_checkpoint, tmp_path, monkeypatch):
+    """`--fast` calls pipe.optimize() on the loaded model; the PNG stays within 2.5/255 of the plain command's."""
+    from sdxl.pipelines.fast import FastPathMixin
+
+    paths = []
+    optimize = FastPathMixin.optimize
+    monkeypatch.setattr(FastPathMixin, "optimize", lambda pipe, **kw: paths.append(optimize(pipe, **kw)) or paths[-1])
+    images = {}
+    for flags in ([], ["--fast"]):
+        out = tmp_path / f"fast{len(flags)}.png"
+        assert main(["generate", "a blue square", "--model", str(tiny_checkpoint), "--steps", "3", "--width", "64",
+                     "--height", "64", "--seed", "4", "-q", "-o", str(out), *flags]) == 0
+        images[len(flags)] = np.asarray(Image.open(out), dtype=np.int16)
+    assert len(paths) == 1 and paths[0].fuse_projections and paths[0].channels_last
+    assert np.abs(images[1] - images[0]).max() <= 2.5
+
+
 def test_num_images_uses_consecutive_seeds_and_numbered_files(tiny_checkpoint, tmp_path):
     out = tmp_path / "batch.png"
     common = ["--model", str(tiny_checkpoint), "--steps", "2", "--width", "64", "--height", "64", "-q"]

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from reference import make_vae, unet_pair
+from reference import make_vae, tiny_unet_inputs, unet_pair
 
 import sdxl
 from sdxl.models.attention_processor import AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
@@ -19,12 +19,9 @@ def unets():
 
 
 def _run(unet, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 4, 16, 16, generator=g)
-    context = torch.randn(2, 7, 64, generator=g)
-    added = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.rand(2, 6, generator=g) * 64}
+    *args, added = tiny_unet_inputs(seed=seed)
     with torch.no_grad():
-        return unet(x, torch.tensor(321.0), context, added_cond_kwargs=added).sample
+        return unet(*args, added_cond_kwargs=added).sample
 
 
 def _close(a, b, rel=1e-5):
@@ -100,14 +97,36 @@ def test_layerwise_casting_matches_diffusers(unets):
     assert ours.conv_in.weight.dtype == torch.float8_e4m3fn and ours.conv_norm_out.weight.dtype == torch.bfloat16
     stored = {k: v.dtype for k, v in ours.state_dict().items()}
     assert stored == {k: v.dtype for k, v in theirs.state_dict().items()}  # the same layers skipped
-    g = torch.Generator().manual_seed(0)
-    x, context = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 7, 64, generator=g)
-    added = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.rand(1, 6, generator=g) * 64}
-    args = (x.bfloat16(), torch.tensor(321.0), context.bfloat16())
-    added = {k: v.bfloat16() for k, v in added.items()}
+    *args, added = tiny_unet_inputs(1, torch.bfloat16)
     with torch.no_grad():
         mine, ref = ours(*args, added_cond_kwargs=added).sample, theirs(*args, added_cond_kwargs=added).sample
     assert mine.dtype == torch.bfloat16 and ours.conv_in.weight.dtype == torch.float8_e4m3fn
     _close(mine.float(), ref.float(), rel=2e-2)
     with pytest.raises(TypeError, match="storage_dtype must be a torch.dtype"):
         copy.deepcopy(unets[1]).enable_layerwise_casting(storage_dtype="fp8")
+
+
+def test_fused_projections_are_views_and_save(unets, tmp_path):
+    """Fusing costs no memory (the separate projections become views of the fused matrix), so in-place weight changes
+    (LoRA fusing) reach the fused path; a fused model saves and loads with diffusers' keys."""
+    ours = copy.deepcopy(unets[1])
+    attn1 = ours.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+    attn2 = ours.down_blocks[1].attentions[0].transformer_blocks[0].attn2
+    before = _run(ours)
+    ours.fuse_qkv_projections()
+    ours.fuse_qkv_projections()  # twice: still one fusion, and unfuse still finds the original processors
+    assert attn1.to_q.weight.data_ptr() == attn1.to_qkv.weight.data_ptr()
+    assert attn2.to_k.weight.data_ptr() == attn2.to_kv.weight.data_ptr() and attn2.to_qkv is None
+    n = attn1.to_q.out_features
+    with torch.no_grad():
+        attn1.to_k.weight.mul_(2)
+    assert torch.equal(attn1.to_qkv.weight[n : 2 * n], attn1.to_k.weight)
+    with torch.no_grad():
+        attn1.to_k.weight.div_(2)
+    ours.save_pretrained(tmp_path)
+    loaded = sdxl.UNet2DConditionModel.from_pretrained(tmp_path)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in ours.state_dict().items())
+    ours.unfuse_qkv_projections()
+    assert attn1.to_qkv is None and attn1.to_q.weight.untyped_storage().nbytes() == attn1.to_q.weight.nbytes
+    assert all(isinstance(p, AttnProcessor2_0) for p in ours.attn_processors.values())
+    assert torch.equal(_run(ours), before)

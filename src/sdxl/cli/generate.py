@@ -108,6 +108,12 @@ def _add_generation_flags(parser: argparse.ArgumentParser, *, size: bool) -> Non
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="auto = float16 on GPU, float32 on CPU")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (default: auto)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--fast", action="store_true",
+        help="the fast path (pipe.optimize()): fused attention projections, channels_last convolutions, attention "
+        "kernels timed per shape and CUDA-graph replay of the UNet step on a CUDA GPU, and a bfloat16 VAE decode "
+        "instead of the float32 upcast of a float16 VAE; same images up to float rounding (see the README)",
+    )
 
 
 def _add_refiner_flags(parser: argparse.ArgumentParser) -> None:
@@ -219,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
     from sdxl.utils import load_image
 
     device = resolve_device(args.device)
-    runner = Runner(device, resolve_dtype(args.dtype, device), quiet=args.quiet, lora_dir=args.lora_dir)
+    runner = Runner(device, resolve_dtype(args.dtype, device), quiet=args.quiet, lora_dir=args.lora_dir,
+                    fast=args.fast)
     image = load_image(args.image) if getattr(args, "image", None) else None
     mask = load_image(args.mask) if getattr(args, "mask", None) else None
     mode_of(image, mask)

@@ -43,6 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--batch", action=argparse.BooleanOptionalAction, default=True,
                        help="run text-to-image jobs queued together with the same model, size, steps and sampler as "
                        "one batch of up to --max-batch images (default: on)")
+    serve.add_argument("--fast", action="store_true",
+                       help="the fast path on every model loaded (pipe.optimize(), as `sdxl generate --fast`)")
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -65,6 +67,7 @@ def config_from_args(args: argparse.Namespace):
         dtype=args.dtype,
         preview_every=args.preview_every,
         batch_jobs=args.batch,
+        fast=args.fast,
         limits=Limits(max_width=args.max_size, max_height=args.max_size, max_steps=args.max_steps,
                       max_batch=args.max_batch, max_queue=args.max_queue),
     )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention_processor import AttnProcessor2_0
+from .sdpa_kernels import AttentionKernels
 
 
 class Attention(nn.Module):
@@ -45,7 +46,9 @@ class Attention(nn.Module):
         self.is_cross_attention = cross_attention_dim is not None
         self.processor: Any = AttnProcessor2_0()
         self.fused_projections = False
-        self.fused_qkv_weight = self.fused_qkv_bias = self.fused_kv_weight = self.fused_kv_bias = None
+        self.to_qkv: nn.Module | None = None  # set by fuse_projections (self-attention)
+        self.to_kv: nn.Module | None = None  # set by fuse_projections (cross-attention)
+        self.kernels: AttentionKernels | None = None  # SDPA kernel choice per shape (pipe.optimize())
 
     def forward(self, x: torch.Tensor, context: Any = None) -> torch.Tensor:
         """x (B, Lq, query_dim), context (B, Lk, cross_attention_dim) or None (self-attention), or an
@@ -65,26 +68,56 @@ class Attention(nn.Module):
 
     @torch.no_grad()
     def fuse_projections(self) -> None:
-        """Concatenate to_q|to_k|to_v (self-attention) or to_k|to_v (cross-attention) weights into one matrix, kept
-        as non-persistent buffers (state dicts keep diffusers' keys)."""
-        def cat(layers: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-            weight = torch.cat([p.weight for p in layers])
-            bias = torch.cat([p.bias for p in layers]) if layers[0].bias is not None else None
-            return weight, bias
-
-        prefix = "fused_kv" if self.is_cross_attention else "fused_qkv"
-        weight, bias = cat([self.to_k, self.to_v] if self.is_cross_attention else [self.to_q, self.to_k, self.to_v])
-        for name, value in ((f"{prefix}_weight", weight), (f"{prefix}_bias", bias)):
-            self.__dict__.pop(name, None)  # the plain None attribute gives way to the buffer
-            self.register_buffer(name, value, persistent=False)
+        """One projection for to_q|to_k|to_v (self-attention, `self.to_qkv`) or to_k|to_v (cross-attention,
+        `self.to_kv`), diffusers' names. The fused matrix holds the weights and the separate projections become views
+        of its rows, so fusing costs no memory and in-place weight changes (LoRA fusing) reach both. Its tensors are
+        non-persistent buffers: state dicts keep diffusers' keys. (A later `.to()` converts the two separately: same
+        values, two copies.)"""
+        if self.fused_projections:
+            return
+        layers = [self.to_k, self.to_v] if self.is_cross_attention else [self.to_q, self.to_k, self.to_v]
+        fused = FusedLinear(
+            torch.cat([p.weight for p in layers]),
+            torch.cat([p.bias for p in layers]) if layers[0].bias is not None else None,
+        )
+        sizes = [p.out_features for p in layers]
+        for layer, rows in zip(layers, fused.weight.split(sizes)):
+            layer.weight = nn.Parameter(rows, requires_grad=layer.weight.requires_grad)
+        if fused.bias is not None:
+            for layer, rows in zip(layers, fused.bias.split(sizes)):
+                layer.bias = nn.Parameter(rows, requires_grad=layer.bias.requires_grad)
+        if self.is_cross_attention:
+            self.to_kv = fused
+        else:
+            self.to_qkv = fused
         self.fused_projections = True
 
+    @torch.no_grad()
     def unfuse_projections(self) -> None:
-        """Drop the fused weights (the separate projections were kept all along)."""
-        for name in ("fused_qkv_weight", "fused_qkv_bias", "fused_kv_weight", "fused_kv_bias"):
-            self._buffers.pop(name, None)
-            setattr(self, name, None)
+        """Drop the fused projection; the separate projections get their own copies of their rows back."""
+        if not self.fused_projections:
+            return
+        for layer in (self.to_q, self.to_k, self.to_v):
+            if isinstance(layer, nn.Linear):  # an fp8 UNet's projections are no longer nn.Linear: left as they are
+                layer.weight = nn.Parameter(layer.weight.clone(), requires_grad=layer.weight.requires_grad)
+                if layer.bias is not None:
+                    layer.bias = nn.Parameter(layer.bias.clone(), requires_grad=layer.bias.requires_grad)
+        self.to_qkv = self.to_kv = None
         self.fused_projections = False
+
+
+class FusedLinear(nn.Module):
+    """The fused q|k|v or k|v projection: a Linear whose weight and bias are non-persistent buffers (they are
+    concatenations of the separate projections' weights, which the state dict already holds)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 class GEGLU(nn.Module):
@@ -202,7 +235,15 @@ class Transformer2DModel(nn.Module):
             x = block(x, context)
         if self.use_linear_projection:
             x = self.proj_out(x)
-        x = x.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
+        # (B, C, H, W), in the input's memory format (channels_last stays channels_last: no copy)
+        x = x.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(residual))
         if not self.use_linear_projection:
             x = self.proj_out(x)
         return x + residual
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when `x` (B, C, H, W) is stored so (see `pipe.optimize(channels_last=True)`), else contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

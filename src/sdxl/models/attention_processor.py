@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from .layers import attention
+from .lora import adds_adapter_output
+from .sdpa_kernels import AttentionKernels
 
 
 class IPAdapterContext(NamedTuple):
@@ -59,16 +61,20 @@ class AttnProcessor2_0:
         context = text_context(context)
         context = x if context is None else context
         q, k, v = (split_heads(p, attn.heads) for p in (attn.to_q(x), attn.to_k(context), attn.to_v(context)))
-        return attn.to_out[1](attn.to_out[0](merge_heads(self.attend(q, k, v))))
+        return attn.to_out[1](attn.to_out[0](merge_heads(self.attend(q, k, v, attn.kernels))))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return attention(q, k, v)  # (B, h, Lq, d)
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernels: AttentionKernels | None = None
+    ) -> torch.Tensor:
+        return attention(q, k, v, kernels)  # (B, h, Lq, d)
 
 
 class AttnProcessor(AttnProcessor2_0):
     """Classic attention: softmax(q k^T / sqrt(d)) v in explicit matrix products (diffusers' `AttnProcessor`)."""
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernels: AttentionKernels | None = None
+    ) -> torch.Tensor:
         scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, h, Lq, Lk)
         return scores.softmax(dim=-1).to(v.dtype) @ v
 
@@ -81,15 +87,22 @@ class FusedAttnProcessor2_0(AttnProcessor2_0):
         if not attn.fused_projections:
             raise RuntimeError("FusedAttnProcessor2_0 needs fused projections: call fuse_qkv_projections() first.")
         context = text_context(context)
-        if context is None and attn.fused_qkv_weight is not None:
-            q, k, v = nn.functional.linear(x, attn.fused_qkv_weight, attn.fused_qkv_bias).chunk(3, dim=-1)
-        elif attn.fused_kv_weight is not None:
+        if context is None and attn.to_qkv is not None and not _adapted(attn.to_q, attn.to_k, attn.to_v):
+            q, k, v = attn.to_qkv(x).chunk(3, dim=-1)
+        elif context is not None and attn.to_kv is not None and not _adapted(attn.to_k, attn.to_v):
             q = attn.to_q(x)
-            k, v = nn.functional.linear(context, attn.fused_kv_weight, attn.fused_kv_bias).chunk(2, dim=-1)
-        else:  # a self-attention layer given a separate context (IP-Adapter Plus resampler)
+            k, v = attn.to_kv(context).chunk(2, dim=-1)
+        else:  # unfused LoRA adapters on the projections, or a self-attention layer given a context (IP-Adapter Plus)
+            context = x if context is None else context
             q, k, v = attn.to_q(x), attn.to_k(context), attn.to_v(context)
         q, k, v = (split_heads(t, attn.heads) for t in (q, k, v))
-        return attn.to_out[1](attn.to_out[0](merge_heads(attention(q, k, v))))
+        return attn.to_out[1](attn.to_out[0](merge_heads(attention(q, k, v, attn.kernels))))
+
+
+def _adapted(*layers: nn.Module) -> bool:
+    """Whether any of `layers` adds unfused LoRA outputs (then its weight alone, which the fused matrix holds, is not
+    its function)."""
+    return any(adds_adapter_output(layer) for layer in layers)
 
 
 # Processors `set_default_attn_processor` may replace (diffusers' CROSS_ATTENTION_PROCESSORS, for what sdxl has).
@@ -142,10 +155,16 @@ class AttentionProcessorsMixin:
     def fuse_qkv_projections(self) -> None:
         """Fuse the q/k/v (self-attention) or k/v (cross-attention) projections into one matmul each; the outputs
         stay the same up to float rounding. `unfuse_qkv_projections()` restores the processors."""
-        self.original_attn_processors = self.attn_processors
+        if self.original_attn_processors is None:  # fusing twice keeps the processors from before the first time
+            self.original_attn_processors = self.attn_processors
         for layer in self._attention_layers().values():
             layer.fuse_projections()
         self.set_attn_processor(FusedAttnProcessor2_0())
+
+    def set_attention_kernels(self, kernels: AttentionKernels | None) -> None:
+        """Every attention layer picks its SDPA kernel per shape from `kernels` (None: PyTorch's own choice)."""
+        for layer in self._attention_layers().values():
+            layer.kernels = kernels
 
     def unfuse_qkv_projections(self) -> None:
         """Back to separate projections and the processors from before `fuse_qkv_projections()`."""

@@ -14,14 +14,28 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import sdpa_kernel
+
+from .sdpa_kernels import AttentionKernels
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernels: AttentionKernels | None = None) -> torch.Tensor:
     """Softmax attention, the one place a kernel is chosen: (B, heads, Lq, d), (B, heads, Lk, d) x2 -> (B, heads, Lq, d).
 
-    Scale is d**-0.5, no mask, no dropout (what every SDXL attention uses).
+    Scale is d**-0.5, no mask, no dropout (what every SDXL attention uses). `kernels` (the layer's, set by
+    `pipe.optimize()`) names the SDPA backends for this shape; None runs PyTorch's own choice.
     """
-    return F.scaled_dot_product_attention(q, k, v)
+    backends = kernels.backends(q, k) if kernels is not None else None
+    if backends is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    with sdpa_kernel(list(backends), set_priority=True):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def silu_(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a temporary (a norm's fresh output), in place when no gradient needs its input: one activation of
+    that size less at the memory peak (the VAE decode at 1024 px holds several 256-512 MB ones). Same values."""
+    return F.silu(x, inplace=not x.requires_grad)
 
 
 def timestep_embedding(
@@ -89,12 +103,13 @@ class ResnetBlock2D(nn.Module):
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C_in, H, W), temb (B, temb_channels) when the block has one -> (B, C_out, H, W)."""
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(silu_(self.norm1(x)))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]  # (B, C, 1, 1) broadcast over H, W
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(silu_(self.norm2(h)))
         skip = self.conv_shortcut(x) if self.conv_shortcut is not None else x
-        out = skip + h
+        # h is this block's own temporary: outside autograd, add into it rather than allocate the sum
+        out = h.add_(skip) if not h.requires_grad else skip + h
         if self.output_scale_factor != 1.0:
             out = out / self.output_scale_factor
         return out

@@ -260,6 +260,13 @@ def remove_adapters(model: nn.Module, names: set[str] | None = None) -> None:
             layer.__class__ = nn.Linear if isinstance(layer, nn.Linear) else nn.Conv2d
 
 
+def adds_adapter_output(layer: nn.Module) -> bool:
+    """Whether `layer` adds unfused adapter outputs to its own in its forward (enabled, unfused, some active)."""
+    return (
+        isinstance(layer, AdaptedLayer) and layer.lora_enabled and not layer.lora_fused and bool(layer.lora_active)
+    )
+
+
 def set_active(model: nn.Module, weights: dict[str, float]) -> None:
     """Make exactly the adapters in `weights` (name -> weight) active on every layer that has them."""
     for layer in adapted_layers(model):

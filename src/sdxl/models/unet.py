@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import Transformer2DModel
@@ -25,6 +24,7 @@ from .layers import (
     TimestepEmbedding,
     Upsample2D,
     build_config,
+    silu_,
     timestep_embedding,
 )
 from .lora import call_scale, check_cross_attention_kwargs
@@ -237,7 +237,7 @@ class UNet2DConditionModel(UNetAdaptersMixin, AttentionProcessorsMixin, Configur
             h = block(h, block_skips, emb, context, size)
 
         # 6. out
-        return self.conv_out(F.silu(self.conv_norm_out(h)))  # (B, out_channels, H, W)
+        return self.conv_out(silu_(self.conv_norm_out(h)))  # (B, out_channels, H, W)
 
     def _ip_adapter_context(
         self, context: torch.Tensor, image_embeds: list[torch.Tensor] | None, masks: list[Any] | None

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sdxl.noise import randn_tensor
@@ -31,6 +30,7 @@ from .layers import (
     build_config,
     config_from_dict,
     config_to_dict,
+    silu_,
 )
 from .vae_tiling import blend_h, blend_v, sliced, tiled
 
@@ -231,7 +231,7 @@ class Encoder(nn.Module):
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(silu_(self.conv_norm_out(x)))
 
 
 class Decoder(nn.Module):
@@ -255,7 +255,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(silu_(self.conv_norm_out(x)))
 
 
 class AutoencoderKL(AttentionProcessorsMixin, ConfiguredModel):

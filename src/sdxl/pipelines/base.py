@@ -227,7 +227,8 @@ class DiffusionPipeline(MemoryOptionsMixin):
         (`requires_aesthetics_score`, ...), which override the source pipeline's config. Config values `cls` does not
         take are kept as private `_name` entries, so a round trip gives them back. `torch_dtype` (or `dtype`) casts the
         shared models in place. Unlike diffusers 0.42, which casts them to float32 when no dtype is given (the
-        source pipeline included), the models keep their dtype. CPU offload set on `pipeline` stays in effect.
+        source pipeline included), the models keep their dtype. CPU offload and `optimize()` set on `pipeline` stay in
+        effect.
         """
         target = type(pipeline) if cls is DiffusionPipeline else cls
         torch_dtype, dtype = kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None)
@@ -273,6 +274,9 @@ class DiffusionPipeline(MemoryOptionsMixin):
                     "enable_model_cpu_offload() on the new pipeline."
                 )
             pipe._offload = offload
+        fast = getattr(pipeline, "_fast", None)
+        if fast is not None and getattr(pipe, "unet", None) is fast.runner.unet:
+            pipe._fast = fast  # optimize()'s runner and settings: the same UNet, already optimised
         return pipe
 
     @classmethod

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from sdxl.noise import Generator, randn_tensor
+from sdxl.pipelines.fast import loop_unet
 
 # Tensors a step-end callback may read and replace (diffusers' `_callback_tensor_inputs` for SDXL text2img), and
 # "denoised" (ours): the step's estimate of the clean latents, for previews (read-only in effect).
@@ -254,7 +255,8 @@ def denoise(
     (`do_classifier_free_guidance`, `guidance_scale`, `guidance_rescale`, `interrupt`: plain Python values) so a
     callback can change them, as with diffusers.
     """
-    unet, scheduler = pipe.unet, pipe.scheduler
+    # the UNet, or the fast path's runner (compiled / CUDA-graph replay) when pipe.optimize() set one
+    unet, scheduler = loop_unet(pipe), pipe.scheduler
     # only when given: UNets written against diffusers' older signatures (and test stand-ins) need not take them
     unet_kwargs = {"cross_attention_kwargs": cross_attention_kwargs} if cross_attention_kwargs else {}
     if state.get("timestep_cond") is not None:  # guidance-distilled (LCM) UNets

@@ -30,6 +30,7 @@ from sdxl.pipelines.denoise import (
     scheduler_step_kwargs,
     steps_before_denoising_end,
 )
+from sdxl.pipelines.fast import FastPathMixin
 from sdxl.pipelines.ip_adapter import IPAdapterMixin
 from sdxl.pipelines.lora import LoraLoaderMixin, with_prompt_loras
 from sdxl.pipelines.sd_mixin import StableDiffusionMixin
@@ -73,7 +74,7 @@ class StableDiffusionXLPipelineOutput(PipelineOutput):
 
 
 class StableDiffusionXLPipeline(
-    LoraLoaderMixin, DiffusionPipeline, StableDiffusionMixin, IPAdapterMixin, UNetInputsMixin
+    LoraLoaderMixin, DiffusionPipeline, StableDiffusionMixin, IPAdapterMixin, UNetInputsMixin, FastPathMixin
 ):
     """Stable Diffusion XL text-to-image.
 

@@ -8,7 +8,6 @@ echoed) and `info` (a JSON string with all_seeds, infotexts and the rest).
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import time
 from typing import Any
@@ -164,7 +163,6 @@ def build_router(service: Service) -> APIRouter:
         if body.sd_model_checkpoint:
             service.check_model(body.sd_model_checkpoint)
             service.default_model = service.catalog.resolve(body.sd_model_checkpoint).name
-        return None
 
     @router.get("/cmd-flags", summary="How the server was started (never the token)")
     def cmd_flags() -> dict:

@@ -37,6 +37,7 @@ class ServerConfig:
     preview_every: int = 2  # a live preview every N denoising steps (0: none)
     preload: bool = True  # load the model when the server starts, not with the first job
     batch_jobs: bool = True  # run compatible text-to-image jobs queued together as one batch (up to max_batch images)
+    fast: bool = False  # pipe.optimize() on every model loaded (`--fast`)
     limits: Limits = field(default_factory=Limits)
 
     def check(self) -> None:

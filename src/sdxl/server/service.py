@@ -37,7 +37,7 @@ class Service:
         self.default_model = self.catalog.entries()[0].name
         device = pick_device(config.device)
         self.runner = runner or Runner(device, pick_dtype(config.dtype, device), resolve=self._source,
-                                       resolve_lora=self.loras.resolve)
+                                       resolve_lora=self.loras.resolve, fast=config.fast)
         self.worker = Worker(self.store, self.runner, self.data, self.board, preview_every=config.preview_every,
                              preload=self.default_model if config.preload else None,
                              max_batch=self.limits.max_batch if config.batch_jobs else 1)

@@ -203,8 +203,9 @@ class JobStore:
             db.executemany(
                 "UPDATE jobs SET state = ?, finished = ?, error = ? WHERE id = ?",
                 [
-                    (FAILED, time.time(), f"the server process ended while this job ran, {MAX_ATTEMPTS} times; not "
-                     "retried again (it may be what stops the server: check its size and the server log)", i)
+                    (FAILED, time.time(), (f"the server process ended while this job ran, {MAX_ATTEMPTS} times; "
+                                            "not retried again (it may be what stops the server: check its size "
+                                            "and the server log)"), i)
                     for i in failed
                 ],
             )

@@ -20,9 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sdxl.batching import run_batch
 from sdxl.metadata import format_parameters, save_png
 from sdxl.params import GenerationParams
-from sdxl.batching import run_batch
 from sdxl.runner import Cancelled, GenerationFailed, Runner, Step
 from sdxl.server.catalog import ModelNotFound
 from sdxl.server.progress import ProgressBoard
@@ -143,7 +143,7 @@ class Worker:
         if self.preload:
             try:
                 self.runner.load(self.preload)
-            except Exception as err:  # the jobs that need it will fail with the reason; keep serving
+            except Exception as err:  # noqa: BLE001  the jobs that need it will fail with the reason; keep serving
                 logger.error("could not load %s at start: %s", self.preload, err)
         while not self._halt.is_set():
             jobs = self.store.claim_batch(self.max_batch)
@@ -185,7 +185,7 @@ class Worker:
             for job_id in ids:
                 self.store.finish(job_id, CANCELLED, error="cancelled while running",
                                   result={"timings": {"run_s": round(time.time() - started, 3)}})
-        except Exception as err:  # every failure ends these jobs only; the worker serves the next ones
+        except Exception as err:  # noqa: BLE001  every failure ends these jobs only; the worker serves the next ones
             kind, message = describe_failure(err)
             if kind == INTERNAL_ERROR:
                 logger.error("job(s) %s failed:\n%s", ", ".join(ids), traceback.format_exc())
