@@ -147,12 +147,12 @@ def test_the_form_offers_the_servers_models_samplers_and_limits(page, server):
     expect(page.locator("#refiner option")).to_have_text(["none", "demo-refiner"])
     expect(page.locator("#sampler option")).to_have_count(len(caps["samplers"]) + 1)
     page.get_by_label("Sampler").select_option("DPM++ 2M Karras")
-    expect(page.get_by_label("Steps")).to_have_value(str(caps["defaults"]["steps"]))
-    expect(page.get_by_label("Steps")).to_have_attribute("max", str(caps["limits"]["max_steps"]))
+    expect(page.get_by_label("Steps", exact=True)).to_have_value(str(caps["defaults"]["steps"]))
+    expect(page.get_by_label("Steps", exact=True)).to_have_attribute("max", str(caps["limits"]["max_steps"]))
     expect(page.get_by_label("Batch size")).to_have_attribute("max", str(caps["limits"]["max_batch"]))
     fill(page, seed="77")
     page.get_by_role("button", name="Random").click()
-    expect(page.get_by_label("Seed (-1: random)")).to_have_value("-1")
+    expect(page.get_by_label("Seed (-1: random)", exact=True)).to_have_value("-1")
 
 
 def test_submit_shows_progress_a_live_preview_and_the_finished_image_with_its_parameters(page):
@@ -212,9 +212,9 @@ def test_reuse_fills_the_form_from_a_past_job(past_job, page):
     expect(page.get_by_label("Prompt", exact=True)).to_have_value("a yellow star on a purple background")
     expect(page.get_by_label("Negative prompt")).to_have_value("blurry")
     expect(page.get_by_label("Sampler")).to_have_value("DPM++ 2M Karras")
-    expect(page.get_by_label("Steps")).to_have_value("6")
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("6")
     expect(page.get_by_label("CFG scale")).to_have_value("7.5")
-    expect(page.get_by_label("Seed (-1: random)")).to_have_value("4242")
+    expect(page.get_by_label("Seed (-1: random)", exact=True)).to_have_value("4242")
     expect(page.get_by_label("Width")).to_have_value("128")
 
     page.reload()  # the image viewer offers the same
@@ -224,7 +224,7 @@ def test_reuse_fills_the_form_from_a_past_job(past_job, page):
     expect(viewer.locator("pre")).to_contain_text("Sampler: DPM++ 2M Karras")
     viewer.get_by_role("button", name="Reuse parameters").click()
     expect(viewer).to_be_hidden()
-    expect(page.get_by_label("Seed (-1: random)")).to_have_value("4242")
+    expect(page.get_by_label("Seed (-1: random)", exact=True)).to_have_value("4242")
 
 
 def test_progress_by_polling_when_server_sent_events_are_not_used(context, server):
@@ -295,6 +295,52 @@ def test_the_page_works_behind_a_token(playwright, spawn_server, tmp_path):
         expect(card(page, prompt).locator(".badge")).to_have_text("done", timeout=JOB_MS)
         expect(page.locator("#live-status")).to_contain_text("done")
         expect(page.locator("#live")).to_have_attribute("data-transport", "sse")
+
+
+def test_schedule_hires_variation_and_lora_fields_reach_the_job_and_come_back(playwright, spawn_server, tmp_path):
+    """The second panel's fields go into the job (native API names) and Reuse puts them back."""
+    import sys
+
+    from safetensors.torch import save_file
+
+    from sdxl import StableDiffusionXLPipeline
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from lora_files import kohya_lora  # tests/lora_files.py
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    save_file(kohya_lora(StableDiffusionXLPipeline.from_pretrained("demo").unet, {}, seed=3),
+              str(folder / "shiny.safetensors"))
+    served = spawn_server(tmp_path / "data", "--lora-dir", str(folder))
+    with browser(playwright, tmp_path / "profile") as ctx, open_page(ctx, served.url + "/") as page:
+        page.get_by_label("Sampler").select_option("DPM++ 2M")
+        page.get_by_label("Schedule type").select_option("Karras")
+        page.get_by_text("Hires fix, variation seed, LoRA").click()
+        expect(page.locator("#loras-empty")).to_be_hidden()
+        page.get_by_label("Hires upscaler").select_option("Latent (bicubic)")
+        fill(page, hires_scale="1.5", hires_steps="2", hires_strength="0.6", subseed="7", subseed_strength="0.3")
+        page.get_by_label("shiny").fill("0.8")
+        prompt = "a white star on a red background"
+        generate(page, prompt, steps="4", seed="5", width="64", height="64")
+        done = card(page, prompt)
+        expect(done.locator(".badge")).to_have_text("done", timeout=JOB_MS)
+        params = call(served, f"/v1/jobs/{done.get_attribute('data-job-id')}")["params"]
+        assert (params["schedule"], params["hires_scale"], params["hires_upscaler"], params["hires_steps"]) == (
+            "Karras", 1.5, "Latent (bicubic)", 2)
+        assert (params["denoising_strength"], params["subseed"], params["subseed_strength"]) == (0.6, 7, 0.3)
+        assert [tuple(lora) for lora in params["loras"]] == [("shiny", 0.8)]
+        for text in ("Schedule type: Karras", "Hires upscale: 1.5", "Variation seed: 7", "Lora hashes"):
+            expect(done.locator("pre.infotext")).to_contain_text(text)
+
+        page.reload()
+        page.get_by_text("Hires fix, variation seed, LoRA").click()
+        card(page, prompt).get_by_role("button", name="Reuse").click()
+        expect(page.get_by_label("Schedule type")).to_have_value("Karras")
+        expect(page.get_by_label("Hires upscale (empty: off)")).to_have_value("1.5")
+        expect(page.get_by_label("Hires denoising strength")).to_have_value("0.6")
+        expect(page.get_by_label("Variation strength (0: off)")).to_have_value("0.3")
+        expect(page.get_by_label("shiny")).to_have_value("0.8")
 
 
 @pytest.mark.skipif(not os.environ.get("SDXL_PAGE_SCREENSHOT"), reason="set SDXL_PAGE_SCREENSHOT=PATH to take it")
