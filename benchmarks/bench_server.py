@@ -46,12 +46,15 @@ def start(data: Path, port: int, threads: int, extra: list[str]) -> subprocess.P
     raise RuntimeError("the server did not start")
 
 
-def wait(client: httpx.Client, job_id: str) -> dict:
+POLL_S = 0.1  # how often a waiting client asks (8 clients at 10 ms would take a core from the worker on 2 cores)
+
+
+def wait(client: httpx.Client, job_id: str, poll: float | None = None) -> dict:
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["state"] in ("done", "failed", "cancelled"):
             return job
-        time.sleep(0.01)
+        time.sleep(POLL_S if poll is None else poll)
 
 
 def throughput(url: str, jobs: int, clients: int, steps: int) -> dict:
@@ -92,7 +95,7 @@ def cancel_latency(url: str, repeats: int) -> dict:
                 time.sleep(0.005)
             t0 = time.perf_counter()
             client.post(f"{job['url']}/cancel")
-            final = wait(client, job["id"])
+            final = wait(client, job["id"], poll=0.002)
             times.append(time.perf_counter() - t0)
             steps_left.append(150 - final["step"])
     times.sort()
@@ -162,6 +165,7 @@ def main() -> None:
         "sampler": "model default (Euler)",
         "server_flags": args.server_flag,
         "torch_threads": args.threads,
+        "client_poll_s": POLL_S,
         "device": f"CPU: {platform.processor() or platform.machine()}, torch {torch.__version__}",
         "results": results,
     }
