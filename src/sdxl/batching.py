@@ -15,17 +15,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sdxl.params import GenerationParams, find_schedule
-from sdxl.runner import (
+from sdxl.generation import (
     TEXT2IMG,
     GeneratedImage,
     Progress,
-    Runner,
     StepCallback,
     check_images,
     check_params,
     resolve_seed,
 )
+from sdxl.params import GenerationParams, find_schedule
+from sdxl.runner import Runner
 
 ONE_WINDOW_BYTES = 75  # 77 tokens minus BOS and EOS; every token covers at least one byte
 

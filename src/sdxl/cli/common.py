@@ -11,7 +11,7 @@ class UsageError(Exception):
 
 def resolve_device(name: str):
     """`--device`: auto picks CUDA, then MPS, then the CPU; an unknown or unavailable device is a UsageError."""
-    from sdxl.runner import pick_device
+    from sdxl.devices import pick_device
 
     try:
         return pick_device(name)
@@ -21,6 +21,6 @@ def resolve_device(name: str):
 
 def resolve_dtype(name: str, device):
     """`--dtype`: auto is float16 on an accelerator and float32 on the CPU."""
-    from sdxl.runner import pick_dtype
+    from sdxl.devices import pick_dtype
 
     return pick_dtype(name, device)

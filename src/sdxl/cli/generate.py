@@ -208,7 +208,7 @@ def _check_files(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`generate`, `img2img` and `inpaint`: one base call, and with --refiner a refiner call on its latents."""
-    from sdxl.runner import check_params, mode_of
+    from sdxl.generation import check_params, mode_of
 
     params = params_from_args(args)
     try:

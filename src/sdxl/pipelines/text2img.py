@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from sdxl.image import VaeImageProcessor, check_output_type, postprocess
-from sdxl.loading.weights import load_file
 from sdxl.models.lora import check_cross_attention_kwargs
 from sdxl.pipelines.base import DiffusionPipeline, PipelineOutput
 from sdxl.pipelines.denoise import (
@@ -34,31 +31,14 @@ from sdxl.pipelines.fast import FastPathMixin
 from sdxl.pipelines.ip_adapter import IPAdapterMixin
 from sdxl.pipelines.lora import LoraLoaderMixin, with_prompt_loras
 from sdxl.pipelines.sd_mixin import StableDiffusionMixin
+from sdxl.pipelines.textual_inversion import TextualInversionLoaderMixin
 from sdxl.pipelines.unet_inputs import UNetInputsMixin
-from sdxl.prompts.embeddings import add_textual_inversion
 from sdxl.prompts.encode import check_prompt_inputs, encode_prompt, prompt_batch_size
 from sdxl.prompts.micro import base_time_ids, time_ids_tensor
 from sdxl.prompts.weighting import parser_for
 from sdxl.watermark import StableDiffusionXLWatermarker, is_watermark_available
 
 logger = logging.getLogger(__name__)
-
-
-def _read_embedding(source: Any, weight_name: str | None) -> Any:
-    """A tensor/dict as it is; a file or folder through the safetensors-only loader."""
-    if isinstance(source, (torch.Tensor, dict)):
-        return source
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"A textual inversion must be a path, a state dict or a tensor, got {type(source).__name__}.")
-    path = Path(source)
-    if path.is_dir():
-        path = path / (weight_name or "learned_embeds.safetensors")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No textual inversion file at {path}: pass a local .safetensors file or a folder holding "
-            "learned_embeds.safetensors (hub ids are not downloaded here)."
-        )
-    return load_file(path)
 
 
 # diffusers' img2img and inpaint pipelines list the scheduler after the IP-Adapter parts (text2img before them)
@@ -74,7 +54,8 @@ class StableDiffusionXLPipelineOutput(PipelineOutput):
 
 
 class StableDiffusionXLPipeline(
-    LoraLoaderMixin, DiffusionPipeline, StableDiffusionMixin, IPAdapterMixin, UNetInputsMixin, FastPathMixin
+    LoraLoaderMixin, DiffusionPipeline, StableDiffusionMixin, IPAdapterMixin, UNetInputsMixin, FastPathMixin,
+    TextualInversionLoaderMixin,
 ):
     """Stable Diffusion XL text-to-image.
 
@@ -199,41 +180,6 @@ class StableDiffusionXLPipeline(
                 dtype=self.unet.dtype if self.unet is not None else None, prompt_syntax=prompt_syntax,
                 long_prompts=long_prompts,
             )
-
-    def load_textual_inversion(
-        self,
-        pretrained_model_name_or_path: Any,
-        token: str | list[str] | None = None,
-        tokenizer: Any = None,
-        text_encoder: Any = None,
-        weight_name: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Add textual-inversion token(s), as diffusers' method: a .safetensors file, a folder holding
-        `learned_embeds.safetensors` (or `weight_name`), a state dict or a tensor, or a list of them with a list of
-        tokens. `tokenizer`/`text_encoder` default to the first pair; for SDXL files call it twice, with
-        `state_dict["clip_g"]` and `text_encoder_2`/`tokenizer_2`, then `state_dict["clip_l"]` and the first pair.
-        Only safetensors files are read."""
-        if kwargs:
-            raise ValueError(f"load_textual_inversion: unsupported arguments {sorted(kwargs)} (files are local only).")
-        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        text_encoder = text_encoder if text_encoder is not None else self.text_encoder
-        if tokenizer is None or text_encoder is None:
-            raise ValueError(
-                "load_textual_inversion needs a tokenizer and a text encoder: this pipeline has none by default, pass "
-                "`tokenizer=` and `text_encoder=`."
-            )
-        sources = pretrained_model_name_or_path if isinstance(pretrained_model_name_or_path, list) else [
-            pretrained_model_name_or_path
-        ]
-        tokens = token if isinstance(token, list) else [token] * len(sources)
-        if len(tokens) != len(sources):
-            raise ValueError(f"Got {len(sources)} embeddings but {len(tokens)} tokens: pass one token per embedding.")
-        named = [t for t in tokens if t is not None]
-        if len(set(named)) < len(named):
-            raise ValueError(f"The tokens {tokens} contain duplicates: give each embedding its own token.")
-        for source, name in zip(sources, tokens):
-            add_textual_inversion(tokenizer, text_encoder, _read_embedding(source, weight_name), token=name)
 
     def prepare_latents(
         self,

@@ -10,8 +10,10 @@ from dataclasses import asdict
 from typing import Any
 
 from sdxl.batching import batch_key
+from sdxl.devices import pick_device, pick_dtype
+from sdxl.generation import check_params, mode_of
 from sdxl.params import SAMPLERS, GenerationParams, find_sampler, find_schedule
-from sdxl.runner import Runner, check_params, mode_of, pick_device, pick_dtype
+from sdxl.runner import Runner
 from sdxl.server.catalog import LoraCatalog, ModelCatalog, ModelNotFound, UnsafeModelName
 from sdxl.server.config import ServerConfig
 from sdxl.server.errors import BadRequest, Conflict, Invalid, NotFound, TooMany

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from sdxl.batching import run_batch
+from sdxl.generation import Cancelled, GenerationFailed, Step
 from sdxl.metadata import format_parameters, save_png
 from sdxl.params import GenerationParams
-from sdxl.runner import Cancelled, GenerationFailed, Runner, Step
+from sdxl.runner import Runner
 from sdxl.server.catalog import ModelNotFound
 from sdxl.server.progress import ProgressBoard
 from sdxl.server.store import CANCELLED, DONE, FAILED, Job, JobStore
