@@ -94,7 +94,7 @@ class Bench:
         for _ in range(warmup - 1):
             self.call(pipe, batch)
         if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)  # reserved memory cached by earlier calls still counts
         times = []
         for _ in range(self.args.repeats):
             seconds, images = self.call(pipe, batch)
@@ -102,7 +102,9 @@ class Bench:
         entry = {"batch": batch, "first_call_s": first, "seconds": times, "median_s": statistics.median(times),
                  "images_per_s": batch / statistics.median(times)}
         if self.device.type == "cuda":
+            # allocated: tensors; reserved: the allocator's whole footprint, including CUDA graphs' private pools
             entry["peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            entry["peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         self.images[name] = images
         self.result["variants"][name] = entry
         self.save()
@@ -149,6 +151,10 @@ def run_diffusers(bench: Bench, ref, parts: set[str]) -> None:
         if "single" in parts:
             bench.measure("diffusers+compile", ref)
         if "batch" in parts:
+            # compiled afresh for the batch shape (a second shape would make dynamo recompile with a dynamic batch)
+            torch._dynamo.reset()
+            ref.unet = compiled_unet(unet, args)
+            _free(bench.device)
             bench.measure("diffusers+compile batch", ref, batch=args.batch)
         ref.unet = unet
         torch._dynamo.reset()
@@ -169,6 +175,8 @@ def run_ours(bench: Bench, ref, parts: set[str]) -> None:
     if "single" in parts:
         bench.measure("ours+optimize", ours)
     if "batch" in parts:
+        ours._fast.runner.reset()  # the single-image graphs would hold their memory through the batch figures
+        _free(bench.device)
         bench.measure("ours+optimize batch", ours, batch=args.batch)
     if "single" in parts and not args.no_compile:
         ours.optimize(compile=our_compile_settings(args))
@@ -209,11 +217,13 @@ def summary(bench: Bench) -> None:
                 v["ours+optimize batch"]["images_per_s"] / v[theirs]["images_per_s"])
     bench.result["ratios"] = ratios
     bench.save()
-    print(f"\n{'variant':28s} {'batch':>5s} {'median s':>9s} {'img/s':>7s} {'first s':>8s} {'peak GiB':>9s}")
+    print(f"\n{'variant':28s} {'batch':>5s} {'median s':>9s} {'img/s':>7s} {'first s':>8s} {'peak GiB':>9s} "
+          f"{'reserved':>9s}")
     for name, e in v.items():
         peak = f"{e['peak_gib']:.2f}" if "peak_gib" in e else "-"
+        reserved = f"{e['peak_reserved_gib']:.2f}" if "peak_reserved_gib" in e else "-"
         print(f"{name:28s} {e['batch']:5d} {e['median_s']:9.3f} {e['images_per_s']:7.2f} {e['first_call_s']:8.1f} "
-              f"{peak:>9s}")
+              f"{peak:>9s} {reserved:>9s}")
     for key, value in ratios.items():
         print(f"{key}: {value:.3f}")
     for key, d in bench.result.get("pixel_diff", {}).items():

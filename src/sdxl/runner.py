@@ -98,6 +98,14 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def drop_captures(self) -> None:
+        """Drop the fast path's captured CUDA graphs of the loaded models (each holds its activations' memory), as
+        after an out-of-memory failure; the next call captures again."""
+        for entry in (self._base, self._refiner):
+            state = getattr(entry[1], "_fast", None) if entry is not None else None
+            if state is not None:
+                state.runner.reset()
+
     @property
     def loaded_model(self) -> str | None:
         """The name of the base model in memory, if any."""

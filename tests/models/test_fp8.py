@@ -73,3 +73,14 @@ def test_quantize_the_transformer_linears_only():
     with torch.no_grad():
         out, ref = unet(*args, added_cond_kwargs=added).sample.float(), bf16(*args, added_cond_kwargs=added).sample.float()
     assert 1e-3 < ((out - ref).norm() / ref.norm()) < 0.06  # measured 0.03 on this UNet
+
+
+def test_a_dtype_or_layout_conversion_keeps_the_device():
+    """`.to(dtype)` / `.to(memory_format=...)` on an fp8 layer away from the CPU leaves it where it is (optimize()
+    converts to channels_last after quantising); `.to(device)` moves it (here to the meta device)."""
+    fp8 = Fp8Linear.from_linear(torch.nn.Linear(64, 32)).to("meta")
+    assert fp8.weight.device.type == "meta"
+    for convert in (lambda m: m.to(torch.float16), lambda m: m.to(memory_format=torch.channels_last),
+                    lambda m: m.half(), lambda m: m.float()):
+        convert(fp8)
+        assert {t.device.type for t in fp8.buffers()} == {"meta"}

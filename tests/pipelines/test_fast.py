@@ -147,6 +147,78 @@ def test_runner_falls_back_to_the_plain_unet(pipe, plain, tmp_path):
     pipe.unload_lora_weights()
 
 
+def test_graphs_and_fused_views_follow_a_move(pipe, plain):
+    """A `.to()` after optimize(): the captured graphs read the old weights' addresses, so they are captured again;
+    the fused matrices and their views were copied apart, so the projections are fused again (one copy, and an
+    in-place change reaches both)."""
+    pipe.optimize()
+    runner = pipe._fast.runner
+    runner.cuda_graphs, runner.capture = True, replay_by_rerunning
+    captures.clear()
+    call(pipe, num_inference_steps=2)
+    assert len(captures) == 1
+    attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+    pipe.to(torch.float64)
+    pipe.to(torch.float32)
+    assert attn.to_q.weight.data_ptr() != attn.to_qkv.weight.data_ptr()  # copied apart by the conversions
+    assert_close(call(pipe, num_inference_steps=STEPS), plain)
+    assert len(captures) == 2  # captured again, not replayed from freed weights
+    attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+    assert attn.to_q.weight.data_ptr() == attn.to_qkv.weight.data_ptr()  # fused again: views of one matrix
+    call(pipe, num_inference_steps=2)
+    assert len(captures) == 2  # nothing moved since: replayed
+
+
+def test_inactive_lora_adapters_keep_the_graphs(pipe, tmp_path):
+    """Adapters loaded but switched off (what the server's runner leaves between jobs) change nothing a graph reads."""
+    pipe.optimize()
+    runner = pipe._fast.runner
+    save_file(lora_files.kohya_lora(pipe.unet, {}), tmp_path / "lora.safetensors")
+    pipe.load_lora_weights(tmp_path / "lora.safetensors", adapter_name="style")
+    assert runner.bind(pipe.unet) is pipe.unet  # active: the plain UNet
+    pipe.disable_lora()
+    assert runner.bind(pipe.unet) is runner
+    pipe.enable_lora()
+    assert runner.bind(pipe.unet) is pipe.unet
+    pipe.set_adapters([], [])  # loaded, none active
+    assert runner.bind(pipe.unet) is runner
+    pipe.unload_lora_weights()
+
+
+def test_unoptimize_from_a_pipeline_made_by_from_pipe(pipe, plain):
+    """Either pipeline undoes the shared fast path on the shared models, and neither uses it afterwards."""
+    pipe.optimize()
+    img2img = sdxl.StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)
+    img2img.unoptimize()
+    assert pipe.fast_path is None and img2img.fast_path is None
+    assert pipe.unet.original_attn_processors is None  # unfused, though `pipe` fused it
+    attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+    assert not attn.fused_projections and attn.to_qkv is None
+    assert np.array_equal(call(pipe, num_inference_steps=STEPS), plain)
+    pipe.unoptimize()  # nothing left to undo
+    assert pipe.optimize().fuse_projections  # and it can be turned on again
+
+
+def test_unoptimize_keeps_a_dtype_chosen_since(pipe):
+    """optimize() on a float16 pipeline decodes in bfloat16; a `.to(float32)` since then is the user's choice, which
+    unoptimize() keeps (weights back from before optimize(), in float32)."""
+    pipe.to(torch.float16)
+    assert pipe.optimize().vae_dtype == torch.bfloat16
+    pipe.to(torch.float32)
+    pipe.unoptimize()
+    assert pipe.vae.dtype == torch.float32 and pipe.unet.dtype == torch.float32
+
+
+def test_lora_into_an_fp8_unet_is_refused_before_anything_changes(tiny_base, tmp_path):
+    pipe = load_ours("StableDiffusionXLPipeline", tiny_base[0])
+    save_file(lora_files.kohya_lora(pipe.unet, {}), tmp_path / "lora.safetensors")
+    pipe.optimize(fp8=True)
+    with pytest.raises(ValueError, match="holds fp8 layers.*before optimize\\(fp8=True\\).*fuse_lora"):
+        pipe.load_lora_weights(tmp_path / "lora.safetensors")
+    assert pipe.get_list_adapters() == {}
+    assert not any(type(m).__name__.startswith("Lora") for m in pipe.unet.modules())
+
+
 def test_from_pipe_keeps_the_fast_path(pipe):
     pipe.optimize()
     img2img = sdxl.StableDiffusionXLImg2ImgPipeline.from_pipe(pipe)

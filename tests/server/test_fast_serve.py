@@ -28,3 +28,13 @@ def test_fast_server_keeps_the_images(start_server):
                                                   sampler=None, model="demo", width=None, height=None))
     diff = np.abs(np.asarray(image.convert("RGB")).astype(int) - np.asarray(plain.image).astype(int))
     assert diff.max() <= 2.5
+
+
+def test_out_of_memory_drops_the_captured_graphs():
+    """After an out-of-memory failure the worker asks the runner to drop the fast path's captured graphs (each holds
+    its activations' memory)."""
+    runner = Runner("cpu", fast=True)
+    pipe = runner.load("demo")
+    pipe._fast.runner.graphs["a signature"] = object()
+    runner.drop_captures()
+    assert not pipe._fast.runner.graphs

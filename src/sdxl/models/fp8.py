@@ -89,8 +89,9 @@ class Fp8Linear(nn.Module):
         return F.linear(x, dequantize_rows(self.weight, self.weight_scale, x.dtype), bias)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Fp8Linear:
-        # what `fn` does to a float tensor tells the target device; the codes and scales keep their dtypes
-        device = fn(torch.zeros(())).device
+        # what `fn` does to a float tensor on the layer's device tells the target device (a dtype- or layout-only
+        # conversion keeps it); the codes and scales keep their dtypes
+        device = fn(torch.zeros((), device=self.weight.device)).device
         for name, buffer in self._buffers.items():
             if buffer is not None:
                 self._buffers[name] = buffer.to(device)

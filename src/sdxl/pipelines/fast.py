@@ -20,8 +20,9 @@ What each switch does (defaults in brackets; `FastPath` records what a call turn
 - `fp8` [off]: the UNet's transformer linear layers as float8 matrix products (`models/fp8.py`): one-way, and the
   images move a little (a stated bound, not float rounding). Needs a CUDA GPU of compute capability 8.9+ (or a CPU).
 
-`unoptimize()` undoes everything but fp8. Call `optimize()` after `pipe.to(device, dtype)`: a later `.to()` keeps the
-fused, channels_last layers but casts the VAE back and captures new graphs.
+`unoptimize()` undoes everything but fp8. Call `optimize()` after `pipe.to(device, dtype)`. A later `.to()` keeps the
+switches: the next call sees that the UNet's weights moved, fuses its projections again (a conversion copies the
+fused matrix and its views apart) and captures new graphs; a `.to(dtype)` casts the VAE too.
 """
 
 from __future__ import annotations
@@ -96,15 +97,32 @@ class _FastState:
     kernels: AttentionKernels | None
     fused_vae: bool
     vae_undo: tuple[torch.dtype, Any, dict[str, torch.Tensor]] | None  # dtype, config, weights (CPU) before vae_dtype
+    active: bool = True  # False once unoptimize() ran (pipelines made by from_pipe share this state)
 
 
 def loop_unet(pipe: Any) -> Any:
     """What the denoising loop calls: the fast path's runner when `pipe.optimize()` set one and it can stand in for
     `pipe.unet` this call, else `pipe.unet`."""
     state = getattr(pipe, "_fast", None)
-    if state is None or getattr(pipe, "_offload", None) is not None:
+    if state is None or not state.active or getattr(pipe, "_offload", None) is not None:
         return pipe.unet
+    if state.path.fuse_projections and pipe.unet is state.runner.unet and not state.path.fp8:
+        _refuse_if_split(pipe.unet)
     return state.runner.bind(pipe.unet)
+
+
+def _refuse_if_split(unet: Any) -> None:
+    """After a `.to()` the fused matrices and the separate projections are separate copies (twice the memory, and an
+    in-place change such as fuse_lora would reach one only): fuse again from the separate projections, which hold
+    the current values."""
+    for layer in unet.modules():
+        if not getattr(layer, "fused_projections", False):
+            continue
+        fused, first = (layer.to_kv, layer.to_k) if layer.is_cross_attention else (layer.to_qkv, layer.to_q)
+        if first.weight.data_ptr() != fused.weight.data_ptr():
+            unet.unfuse_qkv_projections()
+            unet.fuse_qkv_projections()
+        return  # one layer tells: a conversion converts them all
 
 
 class FastPathMixin:
@@ -114,7 +132,7 @@ class FastPathMixin:
     def fast_path(self) -> FastPath | None:
         """What `optimize()` turned on, or None."""
         state = getattr(self, "_fast", None)
-        return state.path if state is not None else None
+        return state.path if state is not None and state.active else None
 
     def optimize(
         self,
@@ -188,13 +206,17 @@ class FastPathMixin:
         """Undo `optimize()`: separate projections, contiguous layouts, PyTorch's attention kernels, no graphs or
         compiled UNet, the VAE's dtype and config back. An fp8 UNet stays fp8 (reload it to get bf16 back)."""
         state = getattr(self, "_fast", None)
-        if state is None:
-            return
         self._fast = None
+        if state is None or not state.active:
+            return
+        state.active = False  # for every pipeline sharing it (from_pipe)
         state.runner.reset()
-        unet, vae, path = self.unet, getattr(self, "vae", None), state.path
-        if path.fuse_projections:
-            self.unfuse_qkv_projections(unet=True, vae=state.fused_vae)
+        unet, vae, path = state.runner.unet, getattr(self, "vae", None), state.path
+        if path.fuse_projections:  # on the models: the pipeline that fused them may be another one (from_pipe)
+            unet.unfuse_qkv_projections()
+            if state.fused_vae:
+                vae.unfuse_qkv_projections()
+            self.fusing_unet = self.fusing_vae = False
         if path.channels_last:
             for model in (unet, vae):
                 if isinstance(model, torch.nn.Module):
@@ -203,6 +225,8 @@ class FastPathMixin:
             unet.set_attention_kernels(None)
         if state.vae_undo is not None:
             dtype, config, weights = state.vae_undo
+            if vae.dtype != path.vae_dtype:  # a `.to(dtype)` since optimize() chose the VAE's dtype: keep that one
+                dtype = vae.dtype
             vae.to(dtype=dtype)
             vae.load_state_dict(weights)
             vae.config = config

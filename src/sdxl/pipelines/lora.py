@@ -103,6 +103,7 @@ class LoraLoaderMixin:
             raise ValueError(f"Adapter name {name!r} is already in use: pick another adapter_name.")
         sd, metadata = read_lora(pretrained_model_name_or_path_or_dict, weight_name)
         models = self._lora_models()
+        check_not_quantized(models)
         found = parse_lora(sd, models, metadata)
         for component, entries in found.items():  # check every shape before touching any layer
             named = dict(models[component].named_modules())
@@ -266,3 +267,17 @@ def with_prompt_loras(call: Callable[..., Any]) -> Callable[..., Any]:
             return call(*bound.args, **bound.kwargs)
 
     return wrapper
+
+
+def check_not_quantized(models: dict[str, Any]) -> None:
+    """ValueError, before any layer changes, when a model holds fp8 layers (`optimize(fp8=True)`): adapters need the
+    original weights."""
+    from sdxl.models.fp8 import is_quantized
+
+    quantized = [name for name, model in models.items() if is_quantized(model)]
+    if quantized:
+        raise ValueError(
+            f"load_lora_weights: the {', '.join(quantized)} holds fp8 layers (pipe.optimize(fp8=True)), which take no "
+            "LoRA adapters. Load the LoRA into the model before optimize(fp8=True) and bake it in with "
+            "pipe.fuse_lora() then pipe.unload_lora_weights(), or reload the model."
+        )

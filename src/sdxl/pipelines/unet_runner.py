@@ -11,6 +11,7 @@ a stand-in that replays by re-running.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from sdxl.models.lora import adapted_layers
+from sdxl.models.lora import adapted_layers, adds_adapter_output
 from sdxl.models.sdpa_kernels import AttentionKernels
 
 # The UNet inputs a graph is captured for, in `predict`'s order.
@@ -52,6 +53,12 @@ class Captured:
     static: dict[str, torch.Tensor | None]
     replay: Replay
     out: torch.Tensor
+
+
+def weights_fingerprint(module: torch.nn.Module) -> tuple:
+    """Where `module`'s weights live (each parameter's and buffer's address and dtype): a captured graph reads them
+    there, so a change (`.to()`, a cast, an offload round trip, adapters added) makes every captured graph stale."""
+    return tuple((t.data_ptr(), t.dtype) for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 def signature(inputs: Mapping[str, torch.Tensor | None]) -> tuple:
@@ -93,6 +100,7 @@ class UNetRunner:
         self.graphs: OrderedDict[tuple, Captured] = OrderedDict()
         self.prepared: set[tuple] = set()  # signatures whose attention kernels are tuned
         self.plain_calls = 0  # calls that went to the plain UNet (tests and reports read it)
+        self.fingerprint: tuple | None = None  # weights_fingerprint of the UNet the graphs were captured with
 
     def reset(self) -> None:
         """Drop every captured graph (and its memory); the next call of each signature captures again."""
@@ -101,10 +109,16 @@ class UNetRunner:
 
     def bind(self, unet: Any) -> Any:
         """What the loop should call for this pipeline call: this runner, or `unet` itself when the runner cannot
-        stand in for it (another UNet, or LoRA adapters loaded: they change per call and a graph would freeze
-        them). Checked once per pipeline call, not per step."""
-        if unet is not self.unet or any(True for _ in adapted_layers(unet)):
+        stand in for it (another UNet, or LoRA adapters adding their outputs: their choice and scale change per
+        call and a graph would freeze them; inactive or fused adapters change nothing a graph reads). Captured
+        graphs are dropped when the UNet's weights have moved since (`weights_fingerprint`). Checked once per
+        pipeline call, not per step."""
+        if unet is not self.unet or any(adds_adapter_output(layer) for layer in adapted_layers(unet)):
             return unet
+        fingerprint = weights_fingerprint(unet)
+        if fingerprint != self.fingerprint:
+            self.reset()
+            self.fingerprint = fingerprint
         return self
 
     def __call__(

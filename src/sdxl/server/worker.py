@@ -191,6 +191,7 @@ class Worker:
             if kind == INTERNAL_ERROR:
                 logger.error("job(s) %s failed:\n%s", ", ".join(ids), traceback.format_exc())
             if kind == OUT_OF_MEMORY:
+                self.runner.drop_captures()
                 free_memory()
             for job_id in ids:
                 self.store.finish(job_id, FAILED, error=message, result={"error_kind": kind})
