@@ -51,6 +51,7 @@ _LAZY = {
     "DEISMultistepScheduler": "sdxl.schedulers.deis",
     "EDMEulerScheduler": "sdxl.schedulers.edm_euler",
     "EDMDPMSolverMultistepScheduler": "sdxl.schedulers.edm_dpm_multistep",
+    "LCMScheduler": "sdxl.schedulers.lcm",
     # pipelines
     "DiffusionPipeline": "sdxl.pipelines.base",
     "StableDiffusionXLPipeline": "sdxl.pipelines.text2img",

@@ -114,9 +114,23 @@ def check_params(params: GenerationParams, mode: str) -> None:
     if params.padding_mask_crop is not None and params.padding_mask_crop < 0:
         raise ValueError(f"padding_mask_crop must be 0 or more pixels (got {params.padding_mask_crop})")
     check_sampling_params(params, text2img=mode == TEXT2IMG)
+    if params.sampler and params.sampler.strip().lower() == "lcm":
+        check_lcm_steps(params)
     if params.refiner and params.padding_mask_crop is not None:
         raise ValueError("padding_mask_crop cannot be combined with a refiner (the base would hand over the latents "
                          "of the crop only); drop one of them")
+
+
+def check_lcm_steps(params: GenerationParams) -> None:
+    """LCM picks its steps from the schedule LCM models are distilled on (50 steps unless a model's scheduler config
+    says otherwise): more steps than that cannot be taken."""
+    from sdxl.schedulers.lcm import LCMSchedulerConfig
+
+    limit = LCMSchedulerConfig.original_inference_steps
+    for name in ("steps", "hires_steps"):
+        if getattr(params, name) > limit:
+            raise ValueError(f"{name} must be at most {limit} with the LCM sampler (got {getattr(params, name)}); "
+                             "LCM models and LCM-LoRAs are made for 2-8 steps")
 
 
 class Progress:

@@ -22,7 +22,8 @@ _DPM_2S = {"algorithm_type": "dpmsolver++", "solver_order": 2}
 # Names as AUTOMATIC1111 writes them in its `parameters` text, mapped as diffusers' scheduler overview does
 # ("A1111/k-diffusion -> Diffusers"). A1111's "DPM++ 2S a" has no exact diffusers equivalent (it is ancestral);
 # DPMSolverSinglestepScheduler, the closest, is listed as "DPM++ 2S". "PLMS" is PNDM without Runge-Kutta warm-up,
-# as the Stable Diffusion configs use it. DDPM and DEIS have no A1111 sampler; they keep their usual names.
+# as the Stable Diffusion configs use it. DDPM and DEIS have no A1111 sampler; they keep their usual names. "LCM" is
+# A1111's and ComfyUI's name for Latent Consistency Model sampling.
 SAMPLERS: dict[str, Sampler] = {
     s.name.lower(): s
     for s in (
@@ -52,6 +53,7 @@ SAMPLERS: dict[str, Sampler] = {
         Sampler("UniPC", "UniPCMultistepScheduler"),
         Sampler("DDPM", "DDPMScheduler"),
         Sampler("DEIS", "DEISMultistepScheduler"),
+        Sampler("LCM", "LCMScheduler"),  # for LCM-distilled models and LCM-LoRAs: 2-8 steps, CFG 1-2
     )
 }
 

@@ -94,6 +94,7 @@ def test_num_images_uses_consecutive_seeds_and_numbered_files(tiny_checkpoint, t
         (["--steps", "0"], "--steps must be at least 1"),
         (["--num-images", "0"], "--num-images must be at least 1"),
         (["--scheduler", "Euler z"], "unknown sampler 'Euler z'"),
+        (["--scheduler", "LCM", "--steps", "60"], "--steps must be at most 50 with the LCM sampler"),
         (["-o", "/no/such/folder/x.png"], "folder for --output does not exist"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
     ],

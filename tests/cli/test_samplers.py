@@ -13,13 +13,13 @@ from sdxl.schedulers.base import scheduler_class
 ENTRIES = list(SAMPLERS.values())
 A1111_NAMES = [
     "Euler", "Euler a", "Heun", "LMS", "LMS Karras", "DPM2", "DPM2 a", "DPM2 Karras", "DPM2 a Karras", "DPM++ 2M",
-    "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ SDE", "DPM++ SDE Karras", "DDIM", "UniPC", "PLMS",
+    "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ SDE", "DPM++ SDE Karras", "DDIM", "UniPC", "PLMS", "LCM",
 ]  # fmt: skip
 ALL_SCHEDULERS = {
     "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
     "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler", "DDIMScheduler", "PNDMScheduler", "DDPMScheduler",
-    "UniPCMultistepScheduler", "DEISMultistepScheduler",
+    "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler",
 }  # fmt: skip
 
 

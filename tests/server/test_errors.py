@@ -53,6 +53,7 @@ NATIVE_CASES = [
     ({**OK, "schedule": "wobbly"}, 422, "unknown schedule type 'wobbly'"),
     ({**OK, "sampler": "DDIM", "schedule": "Karras"}, 422, "schedule"),
     ({**OK, "image": png_b64(SMALL), "hires_scale": 2}, 422, "hires"),
+    ({**OK, "sampler": "LCM", "steps": 60}, 422, "steps must be at most 50 with the LCM sampler"),
 ]
 
 
@@ -79,6 +80,7 @@ A1111_CASES = [
     ("/sdapi/v1/txt2img", {"steps": 2, "width": 100}, 422, "width must be a positive multiple of 8"),
     ("/sdapi/v1/txt2img", {"steps": 2, "sampler_name": "Euler z"}, 422, "unknown sampler 'Euler z'"),
     ("/sdapi/v1/txt2img", {"steps": 2, "scheduler": "wobbly"}, 422, "unknown schedule type 'wobbly'"),
+    ("/sdapi/v1/txt2img", {"steps": 80, "sampler_name": "LCM"}, 422, "steps must be at most 50 with the LCM sampler"),
     ("/sdapi/v1/txt2img", {"steps": 2, "script_name": "x/y plot"}, 422, "script 'x/y plot' not found"),
     ("/sdapi/v1/txt2img", {"steps": 2, "override_settings": {"sd_model_checkpoint": "../x"}}, 400, "refused"),
     ("/sdapi/v1/txt2img", {"steps": 2, "refiner_checkpoint": "nope"}, 422, "refiner: no model named"),

@@ -49,6 +49,7 @@ MODULES: dict[str, str] = {
     "DPMSolverSDEScheduler": "sdxl.schedulers.dpm_sde",
     "EDMEulerScheduler": "sdxl.schedulers.edm_euler",
     "EDMDPMSolverMultistepScheduler": "sdxl.schedulers.edm_dpm_multistep",
+    "LCMScheduler": "sdxl.schedulers.lcm",
 }
 CLASSES: dict[str, type[Scheduler]] = {}  # filled by Scheduler.__init_subclass__
 
