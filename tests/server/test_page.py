@@ -1,8 +1,7 @@
 """The web page of `sdxl serve` (GET /), driven in a real headless Chromium against a real `sdxl serve --model demo`.
 
-The browser is Debian's `chromium` (/usr/bin/chromium; never a browser downloaded by Playwright) driven by Playwright's
-Python package. Without either, the tests are skipped locally; under CI (CI=true) a missing browser is an error, so
-they cannot silently stop running there.
+Debian's Chromium and Playwright, or the tests are skipped (an error under CI): see page_helpers.py. The input image's
+mask editor, drag-and-drop and paste have their own module, test_page_mask.py.
 
 `SDXL_PAGE_SCREENSHOT=docs/images/server-page.png pytest tests/server/test_page.py -k screenshot` retakes the README's
 screenshot.
@@ -12,54 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from server_helpers import wait_for_job
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-JOB_MS = 120_000  # the first job also loads the demo model
-TOKEN = "page-test-token"
-
-
-def _missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (apt-get install -y chromium)"
-    for module in ("playwright", "fastapi", "uvicorn", "httpx"):
-        try:
-            __import__(module)
-        except ImportError:
-            return f"the Python package {module} is missing (pip install -e '.[test]')"
-    return None
-
-
-if (_why := _missing()) is not None:
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI must run the browser tests of the web page, but {_why}")
-    pytest.skip(f"browser tests of the web page skipped: {_why}", allow_module_level=True)
-
+from page_helpers import JOB_MS, browser, call, card, fill, finished, generate, open_page
 from playwright.sync_api import Page, expect, sync_playwright
 
-expect.set_options(timeout=15_000)  # page-side waits on a loaded 2-core machine (jobs get JOB_MS)
-
-# ---- the server ----------------------------------------------------------------------------------------------------
-
-def call(server, path: str, body: dict | None = None) -> dict:
-    """A JSON request to the server (POST when `body` is given); a 4xx/5xx fails the test."""
-    with server.client() as client:
-        response = client.get(path) if body is None else client.post(path, json=body)
-        response.raise_for_status()
-        return response.json()
-
-
-def finished(server, job_id: str) -> dict:
-    with server.client() as client:
-        return wait_for_job(client, job_id, timeout=JOB_MS / 1000)
+TOKEN = "page-test-token"
 
 
 @pytest.fixture(scope="module")
@@ -68,25 +26,10 @@ def server(spawn_module_server, tmp_path_factory):
     return spawn_module_server(tmp_path_factory.mktemp("page") / "data")
 
 
-# ---- the browser ---------------------------------------------------------------------------------------------------
-
 @pytest.fixture(scope="module")
 def playwright():
     with sync_playwright() as pw:
         yield pw
-
-
-@contextmanager
-def browser(playwright, profile: Path, **options):
-    """Debian's Chromium with a fresh profile folder."""
-    context = playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-        viewport={"width": 1280, "height": 900}, **options,
-    )
-    try:
-        yield context
-    finally:
-        context.close()
 
 
 @pytest.fixture(scope="module")
@@ -95,41 +38,10 @@ def context(playwright, tmp_path_factory):
         yield ctx
 
 
-@contextmanager
-def open_page(context, url: str):
-    """The page at `url`, once it has read the server's capabilities; fails on any uncaught script error."""
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    try:
-        page.goto(url)
-        expect(page.locator("#model option")).not_to_have_count(0)
-        yield page
-        assert not errors, f"script errors in the page: {errors}"
-    finally:
-        page.close()
-
-
 @pytest.fixture
 def page(context, server):
     with open_page(context, server.url + "/") as p:
         yield p
-
-
-def fill(page: Page, **fields: str) -> None:
-    for name, value in fields.items():
-        page.locator(f"#{name}").fill(value)
-
-
-def generate(page: Page, prompt: str, **fields: str) -> None:
-    fill(page, prompt=prompt, **fields)
-    page.get_by_role("button", name="Generate").click()
-    expect(page.locator("#form-notice")).to_contain_text("Queued")
-
-
-def card(page: Page, prompt: str):
-    """The history card of the job with `prompt` (prompts are unique across this module's tests)."""
-    return page.locator("#history article").filter(has_text=prompt)
 
 
 def preview_is(page: Page, prefix: str) -> None:
@@ -242,8 +154,8 @@ def test_image_to_image_sends_the_chosen_file(page, server, tmp_path):
 
     source = tmp_path / "input.png"
     Image.new("RGB", (128, 128), (200, 30, 30)).save(source)
-    page.get_by_text("More: prompt syntax").click()
-    page.get_by_label("Input image (image-to-image)").set_input_files(source)
+    page.get_by_text("Input image: image-to-image, inpainting").click()
+    page.get_by_label("Input image", exact=True).set_input_files(source)
     expect(page.get_by_alt_text("Chosen input image")).to_have_attribute("src", re.compile("^data:image/png"))
     prompt = "a blue circle on a yellow background"
     generate(page, prompt, steps="4", strength="0.5")
