@@ -149,7 +149,7 @@ def test_a_painted_stroke_reaches_the_server_as_a_black_and_white_mask_of_the_im
     assert shown_height / shown_width == pytest.approx(HEIGHT / WIDTH, rel=0.02)
 
     blocker = call(server, "/v1/jobs", {"prompt": "a long job in front", "steps": 150})
-    fill(page, prompt="a green circle painted in", steps="2", strength="0.9")
+    fill(page, prompt="a green circle painted in", steps="2", strength="0.9", mask_blur="6")
     with page.expect_response(lambda r: r.url.endswith("/v1/jobs") and r.request.method == "POST") as answer:
         page.get_by_role("button", name="Generate").click()
     assert answer.value.status == 202, answer.value.text()
@@ -166,10 +166,13 @@ def test_a_painted_stroke_reaches_the_server_as_a_black_and_white_mask_of_the_im
 
     job = finished(server, job_id)
     assert job["state"] == "done", job
-    assert job["params"]["mask_blur"] == 0 and job["params"]["denoising_strength"] == 0.9
+    assert job["params"]["mask_blur"] == 6 and job["params"]["denoising_strength"] == 0.9
+    assert job["params"]["padding_mask_crop"] is None
+    fill(page, mask_blur="0")
     page.get_by_label("Use it for").select_option("img2img")
     card(page, "a green circle painted in").get_by_role("button", name="Reuse").click()
     expect(page.get_by_label("Use it for")).to_have_value("inpaint")
+    expect(page.locator("#mask_blur")).to_have_value("6")
     expect(page.locator("#mask-canvas")).to_be_visible()  # the image and its mask stay in the editor
     page.reload()  # no image in the form: the note says so
     card(page, "a green circle painted in").get_by_role("button", name="Reuse").click()
