@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sdxl.loading.diffusers import find_weights, read_json
+from sdxl.loading.files import find_weights, read_json
 from sdxl.loading.single_file import BASE, REFINER, detect_kind, parts_for
 from sdxl.loading.weights import check_finite, load_checkpoint, read_header, read_index, sniff_format
 

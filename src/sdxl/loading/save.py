@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from sdxl.loading import keymaps
-from sdxl.loading.diffusers import add_variant
+from sdxl.loading.files import add_variant
 from sdxl.loading.single_file import CLIP_G, CLIP_G_REFINER, CLIP_L, CONFIGS_KEY, UNET, VAE, key_table
 
 logger = logging.getLogger(__name__)

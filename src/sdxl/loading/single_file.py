@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from sdxl.loading import keymaps, registry
-from sdxl.loading.diffusers import check_keys, read_json
+from sdxl.loading.diffusers import check_keys
+from sdxl.loading.files import read_json
 from sdxl.loading.hub import resolve_single_file
 from sdxl.loading.keymaps import Rule, StateDict
 from sdxl.loading.weights import check_finite, load_checkpoint, read_header, sniff_format

@@ -13,13 +13,13 @@ import torch
 from sdxl.image import VaeImageProcessor, check_output_type, postprocess
 from sdxl.models.lora import check_cross_attention_kwargs
 from sdxl.pipelines.base import DiffusionPipeline, PipelineOutput
+from sdxl.pipelines.call_state import CallStateMixin
 from sdxl.pipelines.denoise import (
     CALLBACK_TENSOR_INPUTS,
     check_callback_tensor_inputs,
     check_denoising_fraction,
     decode_latents,
     denoise,
-    guidance_enabled,
     guidance_per_image,
     is_positive_int,
     prepare_latents,
@@ -55,7 +55,7 @@ class StableDiffusionXLPipelineOutput(PipelineOutput):
 
 class StableDiffusionXLPipeline(
     LoraLoaderMixin, DiffusionPipeline, StableDiffusionMixin, IPAdapterMixin, UNetInputsMixin, FastPathMixin,
-    TextualInversionLoaderMixin,
+    TextualInversionLoaderMixin, CallStateMixin,
 ):
     """Stable Diffusion XL text-to-image.
 
@@ -108,41 +108,10 @@ class StableDiffusionXLPipeline(
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.default_sample_size = getattr(unet.config, "sample_size", 128) if unet is not None else 128
+        # the call's state, exposed by CallStateMixin's properties (guidance_scale, interrupt, ...)
         self._guidance_scale, self._guidance_rescale, self._clip_skip = 5.0, 0.0, None
         self._denoising_end, self._num_timesteps, self._interrupt = None, 0, False
         self._cross_attention_kwargs = None
-
-    # ---- attributes diffusers exposes during a call ----------------------------------------------------------------
-
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def guidance_rescale(self) -> float:
-        return self._guidance_rescale
-
-    @property
-    def clip_skip(self) -> int | None:
-        return self._clip_skip
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        """Guidance runs when guidance_scale > 1 (and the UNet does not embed the scale itself)."""
-        return guidance_enabled(self._guidance_scale) and self._guidance_embedding_dim() is None
-
-    @property
-    def denoising_end(self) -> float | None:
-        return self._denoising_end
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        """Set `pipe._interrupt = True` (e.g. in a step-end callback) to skip the remaining steps."""
-        return self._interrupt
 
     # ---- building blocks --------------------------------------------------------------------------------------------
 

@@ -20,11 +20,10 @@ from sdxl.schedulers.dpm_multistep import (
     FLOW_MATCHING_OFF,
     SolverConfig,
     data_prediction,
-    first_order_update,
     init_log_snr_schedule,
     resample_in_range,
-    vp_point,
 )
+from sdxl.schedulers.dpm_solver import first_order_update, vp_point
 from sdxl.schedulers.sigmas import (
     TIMESTEP_SPACINGS,
     interp_sigmas,

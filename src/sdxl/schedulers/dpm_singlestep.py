@@ -24,14 +24,12 @@ from sdxl.schedulers.deis import sigma_add_noise
 from sdxl.schedulers.dpm_multistep import (
     FLOW_MATCHING_OFF,
     SolverConfig,
-    VPPoint,
     custom_level_schedule,
     data_prediction,
-    first_order_update,
     init_log_snr_schedule,
     resample_in_range,
-    vp_point,
 )
+from sdxl.schedulers.dpm_solver import VPPoint, first_order_update, vp_point
 from sdxl.schedulers.sigmas import interp_sigmas, sigma_to_t, spaced_timesteps, training_sigmas
 
 logger = logging.getLogger(__name__)

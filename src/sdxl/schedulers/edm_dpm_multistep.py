@@ -2,7 +2,7 @@
 
 The sample is pre-scaled by c_in before the model, so in DPM-Solver's VP terms alpha_t = 1 and sigma_t = sigma
 (lambda = -log sigma); the model output becomes x0 by the EDM preconditioning (edm_euler.edm_denoised). The
-update formulas are dpm_multistep.py's.
+update formulas are dpm_solver.py's.
 
 Parity notes (diffusers 0.42): the ramps are float32; the step runs in the sample's dtype (no float32 upcast, no
 cast back), SDE noise is drawn in the model output's dtype; the final sigma with final_sigmas_type="sigma_min"
@@ -19,7 +19,8 @@ import torch
 from sdxl.noise import randn_tensor
 from sdxl.schedulers.base import Scheduler, SchedulerOutput
 from sdxl.schedulers.config import ConfigMapping
-from sdxl.schedulers.dpm_multistep import VPPoint, multistep_order, multistep_update, threshold_sample
+from sdxl.schedulers.dpm_multistep import threshold_sample
+from sdxl.schedulers.dpm_solver import VPPoint, multistep_order, multistep_update
 from sdxl.schedulers.edm_euler import EDMConfig, EDMSchedulerMixin, c_noise, edm_denoised, edm_sigmas
 
 

@@ -19,12 +19,11 @@ from sdxl.schedulers.deis import sigma_add_noise
 from sdxl.schedulers.dpm_multistep import (
     FLOW_MATCHING_OFF,
     SolverConfig,
-    VPPoint,
     data_prediction,
     init_log_snr_schedule,
     resample_in_range,
-    vp_point,
 )
+from sdxl.schedulers.dpm_solver import VPPoint, vp_point
 from sdxl.schedulers.sigmas import (
     TIMESTEP_SPACINGS,
     interp_sigmas,
