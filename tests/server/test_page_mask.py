@@ -3,12 +3,16 @@
 Headless Chromium (see page_helpers.py) against a real `sdxl serve --model demo`. What the server received is read
 from its data folder: a queued job's input images wait there as PNGs (`inputs/<id>/image.png`, `mask.png`) until the
 job runs, so one test keeps a long job running in front of its own while it looks.
+
+`SDXL_MASK_SCREENSHOT=docs/images/server-page-mask.png pytest tests/server/test_page_mask.py -k screenshot` retakes the
+README's picture of the mask editor.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import os
 
 import numpy as np
 import pytest
@@ -294,3 +298,21 @@ def test_a_touch_paints_too(playwright, server, tmp_path):
         box = canvas.bounding_box()
         page.touchscreen.tap(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"])
         assert_stroke(painted_mask(page), (80, 48), (80, 48), radius=15)
+
+
+@pytest.mark.skipif(not os.environ.get("SDXL_MASK_SCREENSHOT"), reason="set SDXL_MASK_SCREENSHOT=PATH to take it")
+def test_screenshot(page, server, tmp_path):
+    """The README's picture: a demo image (upscaled 3x) in the editor with a stroke painted over its shape."""
+    job = call(server, "/v1/jobs", {"prompt": "a red circle on a blue background", "steps": 20, "seed": 4})
+    assert finished(server, job["id"])["state"] == "done"
+    with server.client() as client:
+        image = Image.open(io.BytesIO(client.get(f"/v1/jobs/{job['id']}/images/0").content)).convert("RGB")
+    path = tmp_path / "circle.png"
+    image.resize((image.width * 3, image.height * 3), Image.Resampling.LANCZOS).save(path)
+    open_image_panel(page)
+    page.get_by_label("Input image", exact=True).set_input_files(path)
+    page.get_by_label("Use it for").select_option("inpaint")
+    fill(page, prompt="a yellow circle on a blue background", brush="40")
+    stroke(page, (0.35, 0.4), (0.65, 0.6))
+    stroke(page, (0.35, 0.6), (0.65, 0.4))
+    page.locator("#image-inputs").screenshot(path=os.environ["SDXL_MASK_SCREENSHOT"])
