@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sdxl.hires import check_sampling_params
+from sdxl.hires import check_sampling_params, hires_schedule
 from sdxl.params import GenerationParams
 
 if TYPE_CHECKING:
@@ -131,6 +131,12 @@ def check_lcm_steps(params: GenerationParams) -> None:
         if getattr(params, name) > limit:
             raise ValueError(f"{name} must be at most {limit} with the LCM sampler (got {getattr(params, name)}); "
                              "LCM models and LCM-LoRAs are made for 2-8 steps")
+    if params.hires_scale is not None:
+        # the hires pass runs its steps as the tail of a longer schedule (hires_schedule), which must fit too
+        total, _ = hires_schedule(params.hires_steps or params.steps, params.denoising_strength)
+        if total > limit:
+            raise ValueError(f"hires_steps / denoising strength gives the hires pass a schedule of {total}, over the "
+                             f"LCM sampler's {limit}: lower hires_steps or raise the hires denoising strength")
 
 
 class Progress:

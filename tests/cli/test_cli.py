@@ -95,6 +95,8 @@ def test_num_images_uses_consecutive_seeds_and_numbered_files(tiny_checkpoint, t
         (["--num-images", "0"], "--num-images must be at least 1"),
         (["--scheduler", "Euler z"], "unknown sampler 'Euler z'"),
         (["--scheduler", "LCM", "--steps", "60"], "--steps must be at most 50 with the LCM sampler"),
+        (["--scheduler", "LCM", "--steps", "4", "--hires-scale", "2", "--hires-steps", "30", "--hires-strength", "0.5"],
+         "--hires-steps / denoising strength gives the hires pass a schedule of 60"),
         (["-o", "/no/such/folder/x.png"], "folder for --output does not exist"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
     ],

@@ -54,6 +54,8 @@ NATIVE_CASES = [
     ({**OK, "sampler": "DDIM", "schedule": "Karras"}, 422, "schedule"),
     ({**OK, "image": png_b64(SMALL), "hires_scale": 2}, 422, "hires"),
     ({**OK, "sampler": "LCM", "steps": 60}, 422, "steps must be at most 50 with the LCM sampler"),
+    ({**OK, "sampler": "LCM", "steps": 4, "hires_scale": 1.5, "hires_steps": 30, "hires_strength": 0.5}, 422,
+     "gives the hires pass a schedule of 60"),
 ]
 
 
