@@ -125,7 +125,8 @@ def test_schedule_types_and_upscalers_are_a1111s_lists():
         ({"hires_scale": 9.0, "denoising_strength": 0.5}, True, "hires_scale must be between 1 and 8"),
         ({"hires_scale": 2.0, "denoising_strength": 0.5, "hires_upscaler": "ESRGAN"}, True, "unknown hires upscaler"),
         ({"hires_scale": 2.0, "denoising_strength": 0.5, "hires_steps": -1}, True, "hires_steps must be 0"),
-        ({"hires_scale": 2.0, "denoising_strength": 0.5, "refiner": "r", "refiner_switch_at": 0.8}, True, "refiner"),
+        ({"hires_refiner_pass": "third pass"}, True, "hires_refiner_pass must be one of 'first pass', 'second"),
+        ({"hires_refiner_pass": "Both passes"}, True, "'both passes' \\(got 'Both passes'\\)"),
         ({"subseed_strength": 1.5}, True, "subseed_strength must be between 0 and 1"),
         ({"subseed_strength": 0.5}, False, "variation seeds"),
         ({"subseed": -5, "subseed_strength": 0.5}, True, "subseed must be -1"),
@@ -239,3 +240,185 @@ def test_hires_and_variation_requests_never_share_a_batched_call():
     assert batch_key(GenerationParams(PROMPT, schedule="karras")) == batch_key(
         GenerationParams(PROMPT, schedule="Karras")
     )
+
+
+# --- hires fix with a refiner (A1111's "Hires fix: which pass to enable refiner for") ---
+
+# the tiny Euler schedules ("leading"): first pass 3 steps [667, 334, 1]; hires pass 3 steps of a 4-step schedule
+# [501, 251, 1]; the switch at 0.6 cuts at timestep 400, so in each pass the refiner runs the last 2 steps
+SWITCH = 0.6
+HIRES = {"hires_scale": 1.5, "hires_steps": 3, "denoising_strength": 0.75}
+
+
+@pytest.fixture(scope="module")
+def ref_refiner(ref_pipes, tiny_refiner):
+    """diffusers' refiner on the tiny refiner folder, sharing the base's second text encoder, VAE and scheduler
+    (as the runner loads it)."""
+    text2img = ref_pipes[0]
+    refiner = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        tiny_refiner[0],
+        text_encoder_2=text2img.text_encoder_2,
+        vae=text2img.vae,
+        scheduler=text2img.scheduler,
+        torch_dtype=torch.float32,
+        add_watermarker=False,
+    )
+    refiner.set_progress_bar_config(disable=True)
+    return refiner
+
+
+def refined_params(tiny_base, tiny_refiner, **fields) -> GenerationParams:
+    refiner = {"refiner": str(tiny_refiner[0]), "refiner_switch_at": SWITCH}
+    return params(tiny_base, **{**HIRES, **refiner, **fields})
+
+
+def reference_pass(pipe, refiner, refined: bool, output_type: str, **call):
+    """One pass done with diffusers: `pipe` alone, or `pipe` to `denoising_end` then the refiner from
+    `denoising_start` on its latents (same generators, the base's scheduler)."""
+    if not refined:
+        return pipe(PROMPT, output_type=output_type, **call).images
+    latents = pipe(PROMPT, denoising_end=SWITCH, output_type="latent", **call).images
+    rest = {k: v for k, v in call.items() if k not in ("image", "strength", "width", "height")}
+    return refiner(PROMPT, image=latents, denoising_start=SWITCH, output_type=output_type, **rest).images
+
+
+def reference_hires_refiner(ref_pipes, refiner, choice: str, upscaler: str) -> Image.Image:
+    """The hires fix with the refiner in the pass(es) `choice` names, step by step with diffusers' pipelines."""
+    text2img, img2img = ref_pipes
+    up = find_upscaler(upscaler)
+    first_space = "latent" if up.space == "latent" else "pil"
+    call = {"guidance_scale": 5.0, "num_inference_steps": 3, "generator": generators(5)}
+    first = reference_pass(text2img, refiner, choice != "second pass", first_space, width=SIZE, height=SIZE, **call)
+    if up.space == "latent":
+        image = F.interpolate(first, size=(48, 48), mode=up.mode, antialias=up.antialias)
+    else:
+        image = [i.resize((96, 96), Image.Resampling.LANCZOS) for i in first]
+    total = int(3 / 0.75)  # A1111: 4 steps of which the last 3 run
+    hires = {"guidance_scale": 5.0, "num_inference_steps": total, "generator": generators(5)}
+    refined = choice != "first pass"
+    return reference_pass(img2img, refiner, refined, "pil", image=image, strength=3.5 / total, **hires)[0]
+
+
+@pytest.mark.parametrize(
+    ("choice", "upscaler"),
+    [("first pass", "Latent"), ("second pass", "Latent"), ("both passes", "Latent"), ("both passes", "Lanczos")],
+)
+def test_hires_fix_with_refiner_equals_diffusers_steps(
+    runner, ref_pipes, ref_refiner, tiny_base, tiny_refiner, choice, upscaler
+):
+    """Each pass starts on the base; in the pass(es) chosen the refiner takes over at the switch point (diffusers'
+    denoising_end / denoising_start hand-off), in the first pass, the hires pass or both."""
+    fields = {"hires_refiner_pass": choice, "hires_upscaler": upscaler}
+    (result,) = runner.run(refined_params(tiny_base, tiny_refiner, **fields))
+    assert result.image.size == (96, 96)
+    assert_close(result.image, reference_hires_refiner(ref_pipes, ref_refiner, choice, upscaler))
+    assert result.params.hires_refiner_pass == choice
+
+
+def test_hires_pass_below_the_switch_runs_on_the_refiner_alone(
+    runner, ref_pipes, ref_refiner, tiny_base, tiny_refiner
+):
+    """Strength 0.35: the hires pass's 3 steps (timesteps 251, 126, 1 of an 8-step schedule) all lie past the
+    switch point (400), so A1111 switches at its first step: the refiner's image-to-image, same strength and steps
+    (no zero-step base call). As 0.15 would with A1111's default switch at 0.8."""
+    stages = []
+    run_params = refined_params(tiny_base, tiny_refiner, denoising_strength=0.35)
+    (result,) = runner.run(run_params, on_step=lambda s: stages.append(s.stage))
+    assert stages == ["base"] * 3 + ["hires refiner"] * 3
+    text2img, img2img = ref_pipes
+    first = text2img(
+        PROMPT,
+        num_inference_steps=3,
+        width=SIZE,
+        height=SIZE,
+        guidance_scale=5.0,
+        generator=generators(5),
+        output_type="latent",
+    ).images
+    total, strength = hires_schedule(3, 0.35)
+    assert total == 8
+    call = {
+        "image": F.interpolate(first, size=(48, 48), mode="bilinear"),
+        "num_inference_steps": total,
+        "strength": strength,
+        "guidance_scale": 5.0,
+    }
+    ref = ref_refiner(PROMPT, generator=generators(5), **call).images[0]
+    assert_close(result.image, ref)
+    on_base = img2img(PROMPT, generator=generators(5), **call).images[0]
+    assert np.abs(pixels(on_base) - pixels(ref)).max() > 10  # the refiner's pass is not the base's
+
+
+def test_image_to_image_below_the_switch_runs_on_the_refiner_alone(runner, ref_refiner, tiny_base, tiny_refiner):
+    """The same hand-off serves image-to-image: strength 0.5 of 4 steps keeps timesteps 251 and 1, past the switch."""
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    stages = []
+    fields = {"steps": 4, "denoising_strength": 0.5, "refiner": str(tiny_refiner[0]), "refiner_switch_at": SWITCH}
+    (result,) = runner.run(params(tiny_base, **fields), image=image, on_step=lambda s: stages.append(s.stage))
+    assert stages == ["refiner"] * 2
+    ref = ref_refiner(
+        PROMPT, image=image, num_inference_steps=4, strength=0.5, guidance_scale=5.0, generator=generators(5)
+    ).images[0]
+    assert_close(result.image, ref)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"refiner": True, "refiner_switch_at": 0.7, "steps": 4},
+        {**HIRES},
+        {**HIRES, "refiner": True},
+        {**HIRES, "refiner": True, "hires_refiner_pass": "first pass"},
+        {**HIRES, "refiner": True, "hires_refiner_pass": "both passes", "steps": 4, "hires_steps": 0},
+        {**HIRES, "refiner": True, "denoising_strength": 0.35},
+        {**HIRES, "refiner": True, "hires_refiner_pass": "both passes", "sampler": "Heun"},
+    ],
+    ids=[
+        "base",
+        "refiner",
+        "hires",
+        "hires-refiner-2nd",
+        "hires-refiner-1st",
+        "hires-refiner-both",
+        "hires-refiner-alone",
+        "heun-both",
+    ],
+)
+def test_reported_steps_are_1_to_the_real_count(runner, tiny_base, tiny_refiner, fields):
+    """Every step reports the run's real total (the UNet calls it makes) from the first step on: 1/N, ..., N/N."""
+    if fields.get("refiner"):
+        fields = {"refiner_switch_at": SWITCH, **fields, "refiner": str(tiny_refiner[0])}
+    run_params = params(tiny_base, **fields)
+    pipes = [runner.load(run_params.model)]
+    if run_params.refiner:
+        pipes.append(runner.refiner_for(run_params.refiner, pipes[0], "txt2img"))
+    calls = []
+    hooks = [pipe.unet.register_forward_hook(lambda *_: calls.append(1)) for pipe in pipes]
+    seen = []
+    try:
+        runner.run(run_params, on_step=lambda s: seen.append((s.step, s.total)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == [(i, len(calls)) for i in range(1, len(calls) + 1)]
+
+
+@pytest.mark.parametrize(
+    ("stop_in", "later", "size"),
+    [
+        ("base", {"refiner", "hires", "hires refiner"}, 64),
+        ("refiner", {"hires", "hires refiner"}, 64),
+        ("hires", {"hires refiner"}, 96),
+    ],
+)
+def test_stopping_in_a_stage_runs_no_later_stage(runner, tiny_base, tiny_refiner, stop_in, later, size):
+    stages = []
+
+    def on_step(step):
+        stages.append(step.stage)
+        return "stop" if step.stage == stop_in else None
+
+    (result,) = runner.run(refined_params(tiny_base, tiny_refiner, hires_refiner_pass="both passes"), on_step=on_step)
+    assert stages[-1] == stop_in and not later & set(stages)
+    assert result.image.size == (size, size)

@@ -83,7 +83,7 @@ def run_batch(
         prompt_syntax=first.prompt_syntax,
         long_prompts=first.long_prompts,
     )
-    progress = Progress(on_step, first)
+    progress = Progress(on_step)
     images = pipe(**call, callback_on_step_end=progress.callback("base")).images
     check_images(images)
     out: list[list[GeneratedImage]] = [[] for _ in requests]

@@ -31,10 +31,11 @@ class Cancelled(Exception):
 class Step:
     """One finished denoising step, as the step callback sees it.
 
-    `step` counts UNet steps done in the whole run (base and refiner), `total` the steps the run will take;
-    `latents` are the current (B, C, h, w) latents of the stage `stage` ("base", "refiner" or "hires": the hires
-    fix's second pass), whose pipeline is `pipe` (its VAE decodes them); `denoised` is the step's estimate of the
-    finished latents (what a preview should show; the latents themselves where the scheduler gives no estimate).
+    `step` counts UNet steps done in the whole run (every stage), `total` the steps the run will take; `latents` are
+    the current (B, C, h, w) latents of the stage `stage` ("base", "refiner", or the hires fix's second pass:
+    "hires", and "hires refiner" after its switch point), whose pipeline is `pipe` (its VAE decodes them);
+    `denoised` is the step's estimate of the finished latents (what a preview should show; the latents themselves
+    where the scheduler gives no estimate).
     """
 
     step: int
@@ -140,14 +141,26 @@ def check_lcm_steps(params: GenerationParams) -> None:
 
 
 class Progress:
-    """Counts steps across the base and refiner stages and forwards them to the caller's step callback."""
+    """Counts steps across a run's stages and forwards them to the caller's step callback.
 
-    def __init__(self, on_step: StepCallback | None, params: GenerationParams):
+    `plan` lists the run's stages in order with the steps each should take (`sdxl.step_plan.plan_stages`): when a
+    stage starts, the total is the steps done so far, that stage's own count and the planned counts of the stages
+    after it, so every step reports the run's real total (a stage that never starts is simply not counted).
+    """
+
+    def __init__(self, on_step: StepCallback | None, plan: list[tuple[str, int]] | tuple = ()):
         self.on_step = on_step
-        self.params = params
+        self.plan = list(plan)
         self.done = 0  # steps finished by earlier stages
         self.total = 0
         self.stopped = False
+
+    def after(self, stage: str) -> int:
+        """The planned steps of the stages after `stage` (0 for a stage the plan does not know)."""
+        names = [name for name, _ in self.plan]
+        if stage not in names:
+            return 0
+        return sum(steps for _, steps in self.plan[names.index(stage) + 1 :])
 
     def callback(self, stage: str) -> Callable[..., dict] | None:
         """A diffusers-style step-end callback object for one stage (None without a step callback)."""
@@ -159,15 +172,7 @@ class Progress:
             nonlocal offset
             if offset is None:  # the stage's step count is known once its schedule is set
                 offset = self.done
-                stage_steps = pipe.num_timesteps
-                if stage == "base" and self.params.refiner:
-                    # the refiner runs the rest of the schedule: about steps * (1 - switch) more
-                    rest = round(self.params.steps * (1 - self.params.refiner_switch_at))
-                    self.total = stage_steps + max(rest, 1)
-                elif stage == "base" and self.params.hires_scale is not None:
-                    self.total = stage_steps + (self.params.hires_steps or self.params.steps)
-                else:
-                    self.total = max(self.total, offset + stage_steps)
+                self.total = offset + pipe.num_timesteps + self.after(stage)
             self.done = offset + i + 1
             action = self.on_step(Step(self.done, max(self.total, self.done), stage, tensors["latents"], pipe,
                                        tensors.get("denoised")))

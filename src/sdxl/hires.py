@@ -1,6 +1,10 @@
 """AUTOMATIC1111's hires fix, the pieces the runner chains: target size, the upscale (latents or decoded images),
 and the second pass's step count as A1111 counts it. Also A1111's variation-seed noise (a slerp of two noises).
 
+With a refiner, `GenerationParams.hires_refiner_pass` (A1111's option `hires_fix_refiner_pass`) says which pass it
+takes over at `refiner_switch_at`: "first pass", "second pass" (the default) or "both passes"; each pass starts on
+the base (A1111 reloads the base model before the hires pass).
+
 The second pass is image-to-image on the upscaled result: A1111 runs exactly `hires_steps` steps (its "fix steps"
 rule, `setup_img2img_steps`) of a schedule of int(hires_steps / min(strength, 0.999)) steps, starting where
 that schedule's noise level matches the denoising strength.
@@ -8,9 +12,10 @@ that schedule's noise level matches the denoising strength.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sdxl.params import GenerationParams, Upscaler, find_schedule, find_upscaler
+from sdxl.params import GenerationParams, Upscaler, check_hires_refiner_pass, find_schedule, find_upscaler
 
 if TYPE_CHECKING:
     import torch
@@ -99,22 +104,23 @@ def variation_latents(pipe: Any, params: GenerationParams, seed: int, subseed: i
 
 
 def hires_fix(
-    base: Any, img2img: Any, params: GenerationParams, kwargs: dict, common: dict, seed: int, progress: Any
+    base: Any,
+    params: GenerationParams,
+    progress: Any,
+    first_pass: Callable[[str], Any],
+    second_pass: Callable[[Any, int, float], list[Image.Image]],
 ) -> tuple[list[Image.Image], tuple[int, int]]:
-    """A1111's hires fix with the text-to-image pipeline `base` and the image-to-image pipeline `img2img` on the
-    same modules: the first pass (`kwargs`), an upscale (of its latents, or of its decoded images), then an
-    image-to-image pass (`common` arguments) of exactly `hires_steps` steps at `denoising_strength` with fresh
-    per-image noise from the same seeds. `progress` gives the step callbacks (`callback(stage)`) and says whether
-    the first pass was stopped (`stopped`). Returns the images and the first pass's (width, height)."""
-    import torch
-
+    """A1111's hires fix: `first_pass(output_type)` (the text-to-image pass, "latent" or "pil" output), an upscale
+    (of its latents, or of its decoded images), then `second_pass(upscaled, num_inference_steps, strength)`: an
+    image-to-image pass that runs exactly `hires_steps` steps at `denoising_strength` (see `hires_schedule`). Each
+    pass is the base alone or the base and the refiner, as the runner chose. `base` gives the VAE scale and decodes
+    the first pass's latents when `progress` says it was stopped (then no second pass runs). Returns the images and
+    the first pass's (width, height)."""
     from sdxl.pipelines.denoise import decode_latents
 
     upscaler = find_upscaler(params.hires_upscaler)
     latent_space = upscaler.space == "latent"
-    first = base(
-        **kwargs, output_type="latent" if latent_space else "pil", callback_on_step_end=progress.callback("base")
-    ).images
+    first = first_pass("latent" if latent_space else "pil")
     f = base.vae_scale_factor
     size = (first.shape[-1] * f, first.shape[-2] * f) if latent_space else first[0].size
     if progress.stopped:  # stopped during the first pass: no second pass
@@ -127,23 +133,17 @@ def hires_fix(
     else:
         upscaled = upscale_images(first, (width, height), upscaler)
     total, strength = hires_schedule(params.hires_steps or params.steps, params.denoising_strength)
-    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
-    images = img2img(
-        **{**common, "num_inference_steps": total, "generator": generators}, image=upscaled, strength=strength,
-        callback_on_step_end=progress.callback("hires"),
-    ).images
-    return images, size
+    return second_pass(upscaled, total, strength), size
 
 
 def check_sampling_params(params: GenerationParams, *, text2img: bool) -> None:
     """The schedule type, hires fix and variation-seed fields (ValueError naming the field)."""
     find_schedule(params.schedule)
+    check_hires_refiner_pass(params.hires_refiner_pass)
     if params.hires_scale is not None:
         if not text2img:
             raise ValueError("hires_scale (hires fix) is a text-to-image second pass; drop it for image-to-image and "
                              "inpainting")
-        if params.refiner:
-            raise ValueError("hires_scale (hires fix) cannot be combined with a refiner yet; drop one of them")
         if not 1 <= params.hires_scale <= 8:
             raise ValueError(f"hires_scale must be between 1 and 8 (got {params.hires_scale})")
         find_upscaler(params.hires_upscaler)

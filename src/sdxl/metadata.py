@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdxl.params import GenerationParams
+from sdxl.params import DEFAULT_HIRES_REFINER_PASS, GenerationParams
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -42,6 +42,9 @@ def format_parameters(params: GenerationParams) -> str:
     if params.padding_mask_crop is not None:  # A1111's "only masked" inpainting
         settings["Masked area padding"] = str(params.padding_mask_crop)
     if params.refiner:
+        if params.hires_scale is not None and params.hires_refiner_pass != DEFAULT_HIRES_REFINER_PASS:
+            # A1111 writes it (before the refiner's keys) only when not the default, "second pass"
+            settings["Hires refiner"] = params.hires_refiner_pass
         settings["Refiner"] = _quote(params.refiner)
         settings["Refiner switch at"] = _format_number(params.refiner_switch_at)
     if params.prompt_2:

@@ -80,6 +80,11 @@ def sampler_name(scheduler) -> str:
     return type(scheduler).__name__
 
 
+# A1111's option "Hires fix: which pass to enable refiner for" (hires_fix_refiner_pass): its choices, in its order
+HIRES_REFINER_PASSES: tuple[str, ...] = ("first pass", "second pass", "both passes")
+DEFAULT_HIRES_REFINER_PASS = "second pass"
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Everything that determines a generation (what A1111 records in its `parameters` chunk).
@@ -122,9 +127,30 @@ class GenerationParams:
     hires_scale: float | None = None
     hires_upscaler: str = "Latent"
     hires_steps: int = 0
+    # hires fix with a refiner: the pass(es) the refiner takes over at refiner_switch_at (HIRES_REFINER_PASSES)
+    hires_refiner_pass: str = DEFAULT_HIRES_REFINER_PASS
     # A1111's variation seed: the noise is slerp(subseed_strength, noise(seed + i), noise(subseed + i))
     subseed: int | None = None
     subseed_strength: float = 0.0
+
+
+def check_hires_refiner_pass(value: str) -> str:
+    """`value` if it is one of A1111's choices (as A1111 spells them), else a ValueError listing them."""
+    if value not in HIRES_REFINER_PASSES:
+        valid = ", ".join(repr(v) for v in HIRES_REFINER_PASSES)
+        raise ValueError(f"hires_refiner_pass must be one of {valid} (got {value!r})")
+    return value
+
+
+def refiner_in_passes(params: GenerationParams) -> tuple[bool, bool]:
+    """(refiner in the first pass, refiner in the hires pass): without the hires fix the one pass is the first;
+    with it, as A1111's option (default: the hires pass only)."""
+    if not params.refiner:
+        return False, False
+    if params.hires_scale is None:
+        return True, False
+    choice = params.hires_refiner_pass
+    return choice in ("first pass", "both passes"), choice in ("second pass", "both passes")
 
 
 @dataclass(frozen=True)

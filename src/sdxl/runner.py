@@ -4,7 +4,8 @@
 module objects (`from_pipe`: text-to-image, image-to-image, inpainting), sets the sampler from the model's own
 scheduler config for every call (so one call's sampler never leaks into the next), seeds one CPU generator per
 image (seed, seed + 1, ...), runs the base and, with a refiner, hands the latents over at `refiner_switch_at`
-(the ensemble of experts), and reports every denoising step to an optional callback, which can stop the run.
+(the ensemble of experts: `Runner.denoise_pass`, for the first pass and for the hires fix's second), and reports
+every denoising step to an optional callback, which can stop the run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from sdxl.generation import (
     resolve_seed,
 )
 from sdxl.hires import hires_fix, variation_latents
-from sdxl.params import GenerationParams, find_sampler, find_schedule, sampler_name
+from sdxl.params import GenerationParams, find_sampler, find_schedule, refiner_in_passes, sampler_name
+from sdxl.step_plan import FIRST_PASS, HIRES_PASS, plan_stages, refiner_alone
 
 if TYPE_CHECKING:
     import torch
@@ -154,7 +156,9 @@ class Runner:
 
         `image` makes it image-to-image (`params.denoising_strength`), `image` and `mask` inpainting (white =
         redraw). With `params.refiner` set, the base stops at `params.refiner_switch_at` and the refiner denoises
-        the rest. `on_step` sees every step (see `Step`); it may return "stop" or raise `Cancelled`.
+        the rest; with the hires fix too, in the pass(es) `params.hires_refiner_pass` names, each pass starting on
+        the base. `on_step` sees every step (see `Step`); it may return "stop" or raise `Cancelled`: a stopped run
+        starts no later stage.
         """
         import torch
 
@@ -192,28 +196,8 @@ class Runner:
             subseed = resolve_seed(params.subseed)
             kwargs["latents"] = variation_latents(base, params, seed, subseed).to(self.device)
 
-        progress = Progress(on_step, params)
-        first_size = None
-        if params.hires_scale is not None:
-            i2i = self.task_pipe(base, IMG2IMG)
-            images, first_size = hires_fix(base, i2i, params, kwargs, common, seed, progress)
-        elif not params.refiner:
-            images = base(**kwargs, callback_on_step_end=progress.callback("base")).images
-        else:
-            latents = base(
-                **kwargs, denoising_end=params.refiner_switch_at, output_type="latent",
-                callback_on_step_end=progress.callback("base"),
-            ).images
-            if progress.stopped:  # stopped during the base: the refiner does not start
-                images = _decode(base, latents)
-            else:
-                refiner = self._load_refiner(params.refiner, base, mode)
-                refiner.scheduler = base.scheduler
-                refine = dict(common, prompt_2=None, image=latents, denoising_start=params.refiner_switch_at)
-                if mode == INPAINT:
-                    # as diffusers' guide: the inpainting refiner takes the base's latents as `image`, and the mask
-                    refine.update(mask_image=kwargs["mask_image"], width=params.width, height=params.height)
-                images = refiner(**refine, callback_on_step_end=progress.callback("refiner")).images
+        progress = Progress(on_step, plan_stages(base.scheduler, params, text2img=mode == TEXT2IMG) if on_step else ())
+        images, first_size = self.run_passes(base, mode, params, kwargs, common, seed, progress)
         check_images(images)
         schedule = find_schedule(params.schedule)
         used = replace(params, seed=seed, sampler=sampler, schedule=None if schedule.name == "automatic" else schedule.label,
@@ -229,6 +213,91 @@ class Runner:
                 one = replace(one, subseed=subseed + i)
             results.append(GeneratedImage(img, one))
         return results
+
+    def run_passes(
+        self,
+        base: Any,
+        mode: str,
+        params: GenerationParams,
+        kwargs: dict,
+        common: dict,
+        seed: int,
+        progress: Progress,
+    ) -> tuple[list[Image.Image], tuple[int, int] | None]:
+        """The first pass (`kwargs`), and with the hires fix its second pass (`common` arguments, fresh noise from
+        `seed`), each with the refiner where `params` puts it. Returns the images and, with the hires fix, the first
+        pass's (width, height)."""
+        import torch
+
+        first_refiner, hires_refiner = refiner_in_passes(params)
+        refine = dict(common, prompt_2=None)  # the refiner reads `prompt` only
+        if mode == INPAINT:
+            # as diffusers' guide: the inpainting refiner takes the base's latents as `image`, and the mask
+            refine.update(mask_image=kwargs["mask_image"], width=params.width, height=params.height)
+
+        def first_pass(output_type: str = "pil") -> Any:
+            first_refine = refine if first_refiner else None
+            return self.denoise_pass(base, mode, params, kwargs, first_refine, progress, FIRST_PASS, output_type)
+
+        if params.hires_scale is None:
+            return first_pass(), None
+        i2i = self.task_pipe(base, IMG2IMG)
+
+        def second_pass(upscaled: Any, steps: int, strength: float) -> list[Image.Image]:
+            # fresh noise from the same seeds; the refiner goes on with the base's generators
+            fresh = [torch.Generator("cpu").manual_seed(seed + i) for i in range(params.batch_size)]
+            stage = dict(common, num_inference_steps=steps, generator=fresh)
+            call = dict(stage, image=upscaled, strength=strength)
+            hires_refine = dict(stage, prompt_2=None) if hires_refiner else None
+            return self.denoise_pass(i2i, IMG2IMG, params, call, hires_refine, progress, HIRES_PASS)
+
+        return hires_fix(base, params, progress, first_pass, second_pass)
+
+    def denoise_pass(
+        self,
+        pipe: Any,
+        mode: str,
+        params: GenerationParams,
+        call: dict,
+        refine: dict | None,
+        progress: Progress,
+        stages: tuple[str, str],
+        output_type: str = "pil",
+    ) -> Any:
+        """One denoising pass of `pipe` (a `mode` pipeline) with the arguments `call`: alone when `refine` is None,
+        else the ensemble of experts: `pipe` stops at `params.refiner_switch_at` (its `denoising_end`, latents out)
+        and the refiner (`refine` arguments, the base's scheduler) denoises the rest (`denoising_start`) on those
+        latents. An image-to-image pass that starts at or below the switch runs on the refiner alone, with the same
+        image and strength (A1111 switches models at its first step). Stopped during the base, the refiner does not
+        start. `stages` names the (base, refiner) stages for `progress`; returns the images, or latents when
+        `output_type` is "latent"."""
+        if refine is None:
+            return pipe(**call, output_type=output_type, callback_on_step_end=progress.callback(stages[0])).images
+        switch = params.refiner_switch_at
+        if "strength" in call and refiner_alone(pipe.scheduler, call["num_inference_steps"], call["strength"], switch):
+            refiner = self.refiner_for(params.refiner, pipe, mode)
+            alone = dict(refine, image=call["image"], strength=call["strength"])
+            return refiner(**alone, output_type=output_type, callback_on_step_end=progress.callback(stages[1])).images
+        latents = pipe(
+            **call, denoising_end=switch, output_type="latent", callback_on_step_end=progress.callback(stages[0])
+        ).images
+        if progress.stopped:  # stopped during the base: the refiner does not start
+            return latents if output_type == "latent" else _decode(pipe, latents)
+        refiner = self.refiner_for(params.refiner, pipe, mode)
+        return refiner(
+            **refine,
+            image=latents,
+            denoising_start=switch,
+            output_type=output_type,
+            callback_on_step_end=progress.callback(stages[1]),
+        ).images
+
+    def refiner_for(self, name: str, base: Any, mode: str) -> Any:
+        """The refiner `name` as the pipeline that follows a `mode` base (loaded once, sharing the base's second
+        text encoder and VAE), on the base's scheduler: the hand-off continues the base's schedule."""
+        refiner = self._load_refiner(name, base, mode)
+        refiner.scheduler = base.scheduler
+        return refiner
 
     def apply_loras(self, pipe: Any, params: GenerationParams) -> tuple[str, tuple[tuple[str, str], ...]]:
         """Activate the LoRAs of `params.loras` and of the prompt's `<lora:NAME:WEIGHT>` tags (with the "a1111"

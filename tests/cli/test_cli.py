@@ -176,6 +176,30 @@ def test_generate_hires_fix_schedule_and_variation_flags(tiny_checkpoint, tmp_pa
     )
 
 
+def test_generate_hires_refiner_pass_flag(tiny_base, tiny_refiner, tmp_path):
+    """--hires-refiner-pass reaches the run (the image is the runner's for that choice) and the PNG metadata."""
+    from sdxl.params import GenerationParams
+    from sdxl.runner import Runner
+
+    out = tmp_path / "refined.png"
+    args = ["generate", "a red circle", "--model", str(tiny_base[0]), "-o", str(out), "--steps", "3", "--seed", "4",
+            "--width", "64", "--height", "64", "--scheduler", "Euler", "--refiner", str(tiny_refiner[0]),
+            "--refiner-start", "0.6", "--hires-scale", "1.5", "--hires-strength", "0.75", "--hires-steps", "3",
+            "--hires-refiner-pass", "both passes", "-q"]
+    assert main(args) == 0
+    params = read_parameters(out)
+    assert (params["Hires refiner"], params["Refiner switch at"]) == ("both passes", "0.6")
+    fields = {"steps": 3, "seed": 4, "width": 64, "height": 64, "model": str(tiny_base[0]), "sampler": "Euler",
+              "refiner": str(tiny_refiner[0]), "refiner_switch_at": 0.6, "hires_scale": 1.5, "hires_steps": 3,
+              "denoising_strength": 0.75}
+    runner = Runner("cpu", torch.float32)
+    with Image.open(out) as image:
+        saved = np.asarray(image.convert("RGB"), dtype=np.int16)
+    for choice, same in (("both passes", True), ("second pass", False)):
+        (result,) = runner.run(GenerationParams("a red circle", **fields, hires_refiner_pass=choice))
+        assert bool(np.abs(np.asarray(result.image, dtype=np.int16) - saved).max() == 0) is same
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -87,3 +87,21 @@ def test_schedule_type_variation_seed_and_hires_fix_as_a1111_writes_them():
     # hires steps 0 means "as many as Steps": A1111 leaves the key out; no variation key at strength 0
     plain = format_parameters(_params(hires_scale=2.0, denoising_strength=0.7, subseed=5))
     assert "Hires steps" not in plain and "Variation seed" not in plain and "Hires upscale: 2," in plain
+
+
+def test_hires_refiner_pass_as_a1111_writes_it(tmp_path):
+    """"Hires refiner" only with the hires fix and a refiner, and only when not A1111's default "second pass"."""
+    refined = {"hires_scale": 2.0, "denoising_strength": 0.5, "refiner": "sdxl-refiner", "refiner_switch_at": 0.8}
+    text = format_parameters(_params(**refined, hires_refiner_pass="both passes"))
+    assert text.split("\n")[-1].endswith(
+        "Hires upscale: 2, Hires upscaler: Latent, Hires refiner: both passes, Refiner: sdxl-refiner, "
+        "Refiner switch at: 0.8"
+    )
+    path = tmp_path / "hires.png"
+    save_png(Image.new("RGB", (8, 8)), path, _params(**refined, hires_refiner_pass="first pass"))
+    assert read_parameters(path)["Hires refiner"] == "first pass"
+    assert "Hires refiner" not in format_parameters(_params(**refined))  # "second pass"
+    no_refiner = {**refined, "refiner": "", "refiner_switch_at": None}
+    assert "Hires refiner" not in format_parameters(_params(**no_refiner, hires_refiner_pass="both passes"))
+    no_hires = {"refiner": "sdxl-refiner", "refiner_switch_at": 0.8}
+    assert "Hires refiner" not in format_parameters(_params(**no_hires, hires_refiner_pass="both passes"))

@@ -129,6 +129,31 @@ def test_hires_fix_and_variation_seeds(webui):
     assert "Lanczos" in {u["name"] for u in webui.get_upscalers()}
 
 
+def test_hires_fix_with_refiner_and_the_hires_refiner_pass_option(webui):
+    """`hires_fix_refiner_pass` is an option (GET/POST /options, or a request's override_settings), as A1111's
+    "Hires fix: which pass to enable refiner for"; the infotext names it when it is not "second pass"."""
+    payload = {"prompt": PROMPT, "seed": 5, "width": 64, "height": 64, "steps": 4, "enable_hr": True, "hr_scale": 2,
+               "hr_second_pass_steps": 2, "denoising_strength": 0.6, "refiner_checkpoint": "demo-refiner",
+               "refiner_switch_at": 0.6}
+    assert webui.get_options()["hires_fix_refiner_pass"] == "second pass"
+    default = webui.custom_post("txt2img", payload, baseurl=True)
+    assert default.images[0].size == (128, 128)
+    infotext = default.info["infotexts"][0]
+    assert "Refiner: demo-refiner" in infotext and "Hires refiner" not in infotext
+    try:
+        webui.set_options({"hires_fix_refiner_pass": "both passes"})
+        assert webui.get_options()["hires_fix_refiner_pass"] == "both passes"
+        both = webui.custom_post("txt2img", payload, baseurl=True)
+        assert both.info["extra_generation_params"]["Hires refiner"] == "both passes"
+        override = {**payload, "override_settings": {"hires_fix_refiner_pass": "first pass"}}
+        first = webui.custom_post("txt2img", override, baseurl=True)
+        assert "Hires refiner: first pass, Refiner: demo-refiner" in first.info["infotexts"][0]
+    finally:
+        webui.set_options({"hires_fix_refiner_pass": "second pass"})
+    pixels = [np.asarray(r.images[0].convert("RGB"), dtype=int) for r in (default, both, first)]
+    assert np.abs(pixels[0] - pixels[1]).max() > 0 and np.abs(pixels[1] - pixels[2]).max() > 0
+
+
 def test_png_info_reads_our_parameters(webui):
     result = webui.txt2img(prompt=PROMPT, seed=21, width=128, height=128)
     info = webui.png_info(result.images[0])

@@ -56,6 +56,7 @@ NATIVE_CASES = [
     ({**OK, "sampler": "LCM", "steps": 60}, 422, "steps must be at most 50 with the LCM sampler"),
     ({**OK, "sampler": "LCM", "steps": 4, "hires_scale": 1.5, "hires_steps": 30, "hires_strength": 0.5}, 422,
      "gives the hires pass a schedule of 60"),
+    ({**OK, "hires_scale": 2, "hires_refiner_pass": "all"}, 422, "hires_refiner_pass must be one of 'first pass'"),
 ]
 
 
@@ -91,6 +92,9 @@ A1111_CASES = [
     ("/sdapi/v1/img2img", {"init_images": [png_b64(SMALL)], "mask": png_b64(Image.new("L", (8, 8)))}, 422,
      "the mask is 8x8"),
     ("/sdapi/v1/options", {"sd_model_checkpoint": "no-such-model"}, 422, "no model named"),
+    ("/sdapi/v1/options", {"hires_fix_refiner_pass": "all"}, 422, "hires_fix_refiner_pass must be one of"),
+    ("/sdapi/v1/txt2img", {"steps": 2, "enable_hr": True, "override_settings": {"hires_fix_refiner_pass": "x"}}, 422,
+     "hires_fix_refiner_pass must be one of"),
     ("/sdapi/v1/png-info", {"image": "bm90IGFuIGltYWdl"}, 400, "not a readable image"),
 ]
 

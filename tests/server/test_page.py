@@ -255,6 +255,26 @@ def test_schedule_hires_variation_and_lora_fields_reach_the_job_and_come_back(pl
         expect(page.get_by_label("shiny")).to_have_value("0.8")
 
 
+def test_hires_fix_with_a_refiner_sends_the_refiner_pass_and_reuse_restores_it(page, server):
+    page.get_by_text("More: prompt syntax, refiner").click()
+    page.get_by_label("Refiner", exact=True).select_option("demo-refiner")
+    page.get_by_text("Hires fix, variation seed, LoRA").click()
+    expect(page.get_by_label("Hires fix: refiner in (with a refiner)")).to_have_value("second pass")
+    page.get_by_label("Hires fix: refiner in (with a refiner)").select_option("both passes")
+    fill(page, hires_scale="2", hires_steps="2", hires_strength="0.6")
+    prompt = "a blue square on a yellow background"
+    generate(page, prompt, steps="3", seed="3", width="64", height="64")
+    done = card(page, prompt)
+    expect(done.locator(".badge")).to_have_text("done", timeout=JOB_MS)
+    params = call(server, f"/v1/jobs/{done.get_attribute('data-job-id')}")["params"]
+    assert (params["refiner"], params["hires_refiner_pass"]) == ("demo-refiner", "both passes")
+    expect(done.locator("pre.infotext")).to_contain_text("Hires refiner: both passes")
+    page.reload()
+    page.get_by_text("Hires fix, variation seed, LoRA").click()
+    card(page, prompt).get_by_role("button", name="Reuse").click()
+    expect(page.get_by_label("Hires fix: refiner in (with a refiner)")).to_have_value("both passes")
+
+
 @pytest.mark.skipif(not os.environ.get("SDXL_PAGE_SCREENSHOT"), reason="set SDXL_PAGE_SCREENSHOT=PATH to take it")
 def test_screenshot(page, server):
     """The README's picture: finished demo images in the history and a job in progress with its live preview."""

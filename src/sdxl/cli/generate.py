@@ -9,7 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from sdxl.cli.common import DTYPES, UsageError, resolve_device, resolve_dtype
-from sdxl.params import GenerationParams, find_sampler, find_schedule, find_upscaler
+from sdxl.params import (
+    DEFAULT_HIRES_REFINER_PASS,
+    HIRES_REFINER_PASSES,
+    GenerationParams,
+    find_sampler,
+    find_schedule,
+    find_upscaler,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -135,6 +142,13 @@ def _add_hires_flags(parser: argparse.ArgumentParser) -> None:
                         help="hires fix: Latent, 'Latent (antialiased)', 'Latent (bicubic)', 'Latent (bicubic "
                         "antialiased)', 'Latent (nearest)', 'Latent (nearest-exact)', Lanczos or Nearest "
                         "(default: Latent)")
+    parser.add_argument(
+        "--hires-refiner-pass",
+        choices=HIRES_REFINER_PASSES,
+        default=DEFAULT_HIRES_REFINER_PASS,
+        help="hires fix with --refiner: the pass(es) the refiner takes over at --refiner-start, as AUTOMATIC1111's "
+        "option (default: 'second pass')",
+    )
     parser.add_argument("--subseed", type=int, default=None,
                         help="variation seed: mixed into the seed's noise by --subseed-strength (default: random)")
     parser.add_argument("--subseed-strength", type=float, default=0.0,
@@ -182,7 +196,8 @@ def _sampling_fields(args: argparse.Namespace) -> dict:
     hires = getattr(args, "hires_scale", None)
     if hires is not None:
         fields.update(hires_scale=hires, hires_upscaler=find_upscaler(args.hires_upscaler).name,
-                      hires_steps=args.hires_steps, denoising_strength=args.hires_strength)
+                      hires_steps=args.hires_steps, denoising_strength=args.hires_strength,
+                      hires_refiner_pass=args.hires_refiner_pass)
     if getattr(args, "subseed_strength", 0.0):
         fields.update(subseed=args.subseed, subseed_strength=args.subseed_strength)
     return fields
@@ -245,6 +260,7 @@ _FLAGS = {
     "denoising_strength": "--strength", "refiner_switch_at": "--refiner-start", "mask_blur": "--mask-blur",
     "padding_mask_crop": "--padding-mask-crop", "a refiner": "--refiner", "hires_scale": "--hires-scale",
     "hires_steps": "--hires-steps", "subseed_strength": "--subseed-strength", "subseed": "--subseed",
+    "hires_refiner_pass": "--hires-refiner-pass",
 }
 
 

@@ -22,6 +22,7 @@ from sdxl.server.a1111_models import (
     PngInfoRequest,
     Txt2ImgRequest,
     echo,
+    refiner_pass_option,
     to_params,
 )
 from sdxl.server.errors import ApiError, Conflict, Invalid
@@ -50,7 +51,9 @@ def build_router(service: Service) -> APIRouter:
 
     @router.post("/txt2img", summary="Text to image (waits for the job; A1111's response shape)")
     async def txt2img(body: Txt2ImgRequest) -> dict:
-        params = to_params(body, model=checkpoint_for(body), image=False, mask=False)
+        params = to_params(
+            body, model=checkpoint_for(body), image=False, mask=False, hires_refiner_pass=service.hires_refiner_pass
+        )
         job = service.submit("a1111", params, {})
         return await _respond(service, job, body, extra_images=[])
 
@@ -156,13 +159,23 @@ def build_router(service: Service) -> APIRouter:
             "eta_noise_seed_delta": 0,
             "live_previews_enable": service.config.preview_every > 0,
             "show_progress_every_n_steps": service.config.preview_every,
+            "hires_fix_refiner_pass": service.hires_refiner_pass,
         }
 
-    @router.post("/options", summary="Set options: sd_model_checkpoint switches the model by title or name")
+    @router.post(
+        "/options",
+        summary="Set options: sd_model_checkpoint switches the model by title or name, hires_fix_refiner_pass picks "
+        "the hires fix's refiner pass(es)",
+    )
     def set_options(body: OptionsUpdate) -> None:
+        refiner_pass = None
+        if body.hires_fix_refiner_pass is not None:  # checked before anything changes
+            refiner_pass = refiner_pass_option(body.hires_fix_refiner_pass)
         if body.sd_model_checkpoint:
             service.check_model(body.sd_model_checkpoint)
             service.default_model = service.catalog.resolve(body.sd_model_checkpoint).name
+        if refiner_pass is not None:
+            service.hires_refiner_pass = refiner_pass
 
     @router.get("/cmd-flags", summary="How the server was started (never the token)")
     def cmd_flags() -> dict:

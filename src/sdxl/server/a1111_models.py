@@ -12,7 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdxl.params import SAMPLERS, GenerationParams, find_schedule, find_upscaler
+from sdxl.params import (
+    DEFAULT_HIRES_REFINER_PASS,
+    SAMPLERS,
+    GenerationParams,
+    check_hires_refiner_pass,
+    find_schedule,
+    find_upscaler,
+)
 from sdxl.server.errors import Invalid
 
 A1111_DEFAULTS = {"steps": 50, "cfg_scale": 7.0, "sampler_name": "Euler", "denoising_strength": 0.75, "mask_blur": 4,
@@ -74,11 +81,13 @@ class Img2ImgRequest(_Request):
 
 
 class OptionsUpdate(BaseModel):
-    """`POST /sdapi/v1/options`: A1111 options; the ones we do not have are ignored, as A1111 does."""
+    """`POST /sdapi/v1/options`: A1111 options; the ones we do not have are ignored, as A1111 does. We have the
+    checkpoint and `hires_fix_refiner_pass` ("first pass", "second pass" or "both passes")."""
 
     model_config = ConfigDict(extra="allow")
 
     sd_model_checkpoint: str | None = None
+    hires_fix_refiner_pass: str | None = None
 
 
 class PngInfoRequest(BaseModel):
@@ -113,8 +122,24 @@ def sampler_for(sampler_name: str | None, scheduler: str | None) -> tuple[str, s
     raise no_schedule_for(sampler)
 
 
-def hires_of(request: Txt2ImgRequest) -> dict:
-    """The GenerationParams fields of A1111's hires fix ({} when it is off)."""
+def refiner_pass_option(value: Any) -> str:
+    """A value of A1111's option `hires_fix_refiner_pass` ("Hires fix: which pass to enable refiner for"), checked
+    (Invalid lists the choices)."""
+    try:
+        return check_hires_refiner_pass(str(value))
+    except ValueError as err:
+        raise Invalid(str(err).replace("hires_refiner_pass", "hires_fix_refiner_pass", 1)) from None
+
+
+def hires_refiner_pass_of(request: _Request, option: str) -> str:
+    """The refiner pass(es) of a request's hires fix: its `override_settings` value, else the server's option
+    `option` (set through /sdapi/v1/options)."""
+    return refiner_pass_option((request.override_settings or {}).get("hires_fix_refiner_pass") or option)
+
+
+def hires_of(request: Txt2ImgRequest, refiner_pass: str = DEFAULT_HIRES_REFINER_PASS) -> dict:
+    """The GenerationParams fields of A1111's hires fix ({} when it is off); `refiner_pass` is the option
+    `hires_fix_refiner_pass` in force."""
     if not getattr(request, "enable_hr", False):
         return {}
     scale = request.hr_scale or 2.0
@@ -138,11 +163,15 @@ def hires_of(request: Txt2ImgRequest) -> dict:
         "hires_upscaler": upscaler,
         "hires_steps": request.hr_second_pass_steps or 0,
         "denoising_strength": strength if strength is not None else A1111_DEFAULTS["hr_denoising_strength"],
+        "hires_refiner_pass": refiner_pass,
     }
 
 
-def to_params(request: _Request, *, model: str, image: bool, mask: bool) -> GenerationParams:
-    """The GenerationParams of an A1111 request (`model`: the checkpoint name already chosen)."""
+def to_params(
+    request: _Request, *, model: str, image: bool, mask: bool, hires_refiner_pass: str = DEFAULT_HIRES_REFINER_PASS
+) -> GenerationParams:
+    """The GenerationParams of an A1111 request (`model`: the checkpoint name already chosen; `hires_refiner_pass`:
+    the server's option `hires_fix_refiner_pass`, which the request's `override_settings` may override)."""
     if request.script_name:
         raise Invalid(f"script {request.script_name!r} not found: this server has no scripts")
     refiner = request.refiner_checkpoint if request.refiner_checkpoint not in (None, *NO_REFINER) else ""
@@ -171,7 +200,7 @@ def to_params(request: _Request, *, model: str, image: bool, mask: bool) -> Gene
         strength = request.denoising_strength
         fields["denoising_strength"] = strength if strength is not None else A1111_DEFAULTS["denoising_strength"]
     else:
-        fields.update(hires_of(request))
+        fields.update(hires_of(request, hires_refiner_pass_of(request, hires_refiner_pass)))
     if mask:
         blur = request.mask_blur
         fields["mask_blur"] = blur if blur is not None else A1111_DEFAULTS["mask_blur"]

@@ -11,7 +11,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdxl.params import SAMPLERS, SCHEDULE_TYPES, UPSCALERS, GenerationParams
+from sdxl.params import (
+    DEFAULT_HIRES_REFINER_PASS,
+    HIRES_REFINER_PASSES,
+    SAMPLERS,
+    SCHEDULE_TYPES,
+    UPSCALERS,
+    GenerationParams,
+)
 from sdxl.server.errors import Invalid, NotFound
 from sdxl.server.images import decode_image
 from sdxl.server.service import PROMPT_SYNTAXES, Service
@@ -44,6 +51,11 @@ class JobRequest(BaseModel):
     hires_upscaler: str = Field("Latent", description="hires fix upscaler (GET /v1/capabilities lists them)")
     hires_steps: int = Field(0, ge=0, description="hires fix steps (0: as many as `steps`)")
     hires_strength: float = Field(0.5, gt=0, le=1, description="hires fix denoising strength")
+    hires_refiner_pass: str = Field(
+        DEFAULT_HIRES_REFINER_PASS,
+        description="hires fix with a refiner: the pass(es) it takes over in: first pass, second pass or both passes "
+        "(as A1111's option)",
+    )
     subseed: int | None = Field(None, ge=-1, lt=2**32, description="variation seed (-1: random)")
     subseed_strength: float = Field(0.0, ge=0, le=1, description="how far towards the variation seed's noise")
     loras: list[tuple[str, float]] = Field([], max_length=16,
@@ -83,7 +95,8 @@ class JobRequest(BaseModel):
             fields.update(subseed=self.subseed, subseed_strength=self.subseed_strength)
         if self.hires_scale is not None:  # (refused for image inputs by the checks, with the reason)
             fields.update(hires_scale=self.hires_scale, hires_upscaler=self.hires_upscaler,
-                          hires_steps=self.hires_steps, denoising_strength=self.hires_strength)
+                          hires_steps=self.hires_steps, denoising_strength=self.hires_strength,
+                          hires_refiner_pass=self.hires_refiner_pass)
         if self.image is not None:
             fields["denoising_strength"] = self.strength if self.strength is not None else DEFAULT_IMG2IMG_STRENGTH
         if self.mask is not None:
@@ -162,6 +175,7 @@ def build_router(service: Service) -> APIRouter:
             "samplers": [s.name for s in SAMPLERS.values()],
             "schedule_types": [t.label for t in SCHEDULE_TYPES],
             "hires_upscalers": [u.name for u in UPSCALERS],
+            "hires_refiner_passes": list(HIRES_REFINER_PASSES),
             "loras": sorted(service.loras.entries()),
             "prompt_syntaxes": list(PROMPT_SYNTAXES),
             "limits": vars(limits),
@@ -170,6 +184,7 @@ def build_router(service: Service) -> APIRouter:
                 "guidance_scale": JobRequest.model_fields["guidance_scale"].default,
                 "strength": DEFAULT_IMG2IMG_STRENGTH,
                 "refiner_switch_at": JobRequest.model_fields["refiner_switch_at"].default,
+                "hires_refiner_pass": DEFAULT_HIRES_REFINER_PASS,
                 "width": None,
                 "height": None,
             },

@@ -12,7 +12,7 @@ from typing import Any
 from sdxl.batching import batch_key
 from sdxl.devices import pick_device, pick_dtype
 from sdxl.generation import check_params, mode_of
-from sdxl.params import SAMPLERS, GenerationParams, find_sampler, find_schedule
+from sdxl.params import DEFAULT_HIRES_REFINER_PASS, SAMPLERS, GenerationParams, find_sampler, find_schedule
 from sdxl.runner import Runner
 from sdxl.server.catalog import LoraCatalog, ModelCatalog, ModelNotFound, UnsafeModelName
 from sdxl.server.config import ServerConfig
@@ -37,6 +37,8 @@ class Service:
         self.loras = LoraCatalog(config.lora_dir)
         self.board = ProgressBoard()
         self.default_model = self.catalog.entries()[0].name
+        # A1111's option `hires_fix_refiner_pass` (/sdapi/v1/options): the A1111 API's hires fix + refiner passes
+        self.hires_refiner_pass = DEFAULT_HIRES_REFINER_PASS
         device = pick_device(config.device)
         self.runner = runner or Runner(device, pick_dtype(config.dtype, device), resolve=self._source,
                                        resolve_lora=self.loras.resolve, fast=config.fast)
