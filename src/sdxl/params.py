@@ -73,8 +73,11 @@ def sampler_name(scheduler) -> str:
     for sampler in SAMPLERS.values():
         if type(scheduler).__name__ != sampler.scheduler:
             continue
+        # a key carried over from another scheduler's config (LCM, DDIM have no sigma schedules) does not count
+        fields = getattr(type(config), "field_names", None)
+        karras = config.get("use_karras_sigmas") and (fields is None or "use_karras_sigmas" in fields())
         if all(config.get(k) == v for k, v in sampler.options.items()) and not (
-            config.get("use_karras_sigmas") and not sampler.options.get("use_karras_sigmas")
+            karras and not sampler.options.get("use_karras_sigmas")
         ):
             return sampler.name
     return type(scheduler).__name__

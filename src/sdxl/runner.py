@@ -118,7 +118,12 @@ class Runner:
         import sdxl
 
         cls = getattr(sdxl, PIPELINE_CLASSES[mode])
-        pipe = base if type(base) is cls else cls.from_pipe(base)
+        if type(base) is cls:
+            pipe = base
+        else:
+            pipe = cls.from_pipe(base)
+            # from_pipe shares the scheduler the last job set: "no sampler" must mean the model's own here too
+            pipe._sdxl_default_scheduler = getattr(base, "_sdxl_default_scheduler", base.scheduler)
         pipe.set_progress_bar_config(disable=self.quiet)
         return pipe
 

@@ -9,6 +9,7 @@ right from its first step, and the runner knows when a hires pass starts below t
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import logging
 from collections.abc import Iterator
@@ -74,13 +75,28 @@ def plan_stages(scheduler: Any, params: GenerationParams, *, text2img: bool) -> 
     return stages
 
 
+class _HeldBackWhilePlanning(logging.Filter):
+    """Drops the records of a thread that is planning (its context's flag); other threads log as usual."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _PLANNING.get()
+
+
+_PLANNING: contextvars.ContextVar[bool] = contextvars.ContextVar("sdxl_planning_steps", default=False)
+_FILTER = _HeldBackWhilePlanning()
+
+
 @contextmanager
 def _quiet_schedulers() -> Iterator[None]:
-    """Our schedulers' log messages held back (warnings such as DPM-Solver singlestep's about odd step counts)."""
-    log = logging.getLogger("sdxl.schedulers")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    """This thread's log messages from our schedulers held back (warnings such as DPM-Solver singlestep's about odd
+    step counts); the loggers' levels stay as they are, so other threads' messages still pass."""
+    for name in list(logging.Logger.manager.loggerDict):
+        if name.startswith("sdxl.schedulers"):
+            log = logging.getLogger(name)
+            if _FILTER not in log.filters:
+                log.addFilter(_FILTER)
+    token = _PLANNING.set(True)
     try:
         yield
     finally:
-        log.setLevel(level)
+        _PLANNING.reset(token)

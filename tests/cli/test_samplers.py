@@ -94,3 +94,14 @@ def test_metadata_name_round_trips(sampler):
     cls = _class_or_skip(sampler.scheduler)
     euler = scheduler_class("EulerDiscreteScheduler").from_config(SDXL_SCHEDULER_JSON)
     assert _sampler_name(cls.from_config(euler.config, **sampler.options)) == sampler.name
+
+
+def test_a_sigma_schedule_key_from_another_config_does_not_rename_a_sampler():
+    """LCM and DDIM have no sigma schedules: `use_karras_sigmas` carried over from a Karras Euler config is ignored
+    (else the metadata would record the class name, which Reuse cannot look up)."""
+    from sdxl.params import sampler_name
+
+    karras = sdxl.EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_JSON, use_karras_sigmas=True)
+    assert sampler_name(sdxl.LCMScheduler.from_config(karras.config)) == "LCM"
+    assert sampler_name(sdxl.DDIMScheduler.from_config(karras.config)) == "DDIM"
+    assert sampler_name(sdxl.DPMSolverMultistepScheduler.from_config(karras.config)) == "DPM++ 2M Karras"

@@ -111,6 +111,27 @@ def test_each_prediction_type_and_the_tuple_output(prediction):
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_int_timesteps_and_the_boundary_scalings_match_diffusers(dtype):
+    """`step(..., int(t), ...)` as diffusers documents it: the scalings come from the int (float64 arithmetic)."""
+    ours, ref = pair(timestep_scaling=3.3)
+    for s in (ours, ref):
+        s.set_timesteps(4)
+    x = start_sample(dtype) / 5
+    generators = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    xa = xb = x
+    for i, t in enumerate(ref.timesteps.tolist()):
+        a = ours.step(fake_model(xa, i), t, xa, generator=generators[0])
+        b = ref.step(fake_model(xb, i), t, xb, generator=generators[1])
+        assert torch.equal(a.denoised, b.denoised) and torch.equal(a.prev_sample, b.prev_sample), i
+        xa, xb = a.prev_sample, b.prev_sample
+        for t_given in (t, torch.tensor(t)):
+            assert ours.get_scalings_for_boundary_condition_discrete(t_given) == tuple(
+                ref.get_scalings_for_boundary_condition_discrete(t_given)
+            )
+    assert ours.sigma_data == ref.sigma_data == 0.5
+
+
 def test_the_last_step_draws_no_noise_and_returns_the_estimate():
     ours, _ = pair()
     ours.set_timesteps(2)

@@ -211,6 +211,18 @@ def test_an_image_dropped_or_pasted_is_the_input_image(page, server):
     expect(page.locator("#mask-canvas")).to_have_attribute("width", "40")
     expect(page.locator("#mask-canvas")).to_have_attribute("height", "24")
     assert page.evaluate("document.getElementById('image').files[0].name") == "pasted.png"
+    # text copied from Word/Excel carries a picture of itself too: pasted into the prompt, the text is meant
+    prevented = page.evaluate(
+        """data => {
+            data.setData("text/plain", "a red circle");
+            const paste = new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true});
+            document.getElementById("prompt").dispatchEvent(paste);
+            return paste.defaultPrevented;
+        }""",
+        transfer(page, png(30, 20), "office.png"),
+    )
+    assert prevented is False
+    assert page.evaluate("document.getElementById('image').files[0].name") == "pasted.png"
 
     drop_zone.dispatch_event("drop", {"dataTransfer": transfer(page, b"just text", "notes.txt", "text/plain")})
     expect(page.get_by_role("alert")).to_have_text("The dropped item holds no image file.")

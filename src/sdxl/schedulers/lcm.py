@@ -7,8 +7,8 @@ noise. The schedule is a subset of the `original_inference_steps`-step "skipping
 on (timesteps k*i - 1, k = num_train_timesteps // original_inference_steps). Used with LCM-distilled UNets and
 LCM-LoRAs (2-8 steps, guidance 1-2).
 
-Parity notes (diffusers 0.42): timesteps are int64; the boundary scalings are computed from the int64 timestep
-times the float scaling (0-dim float32), alpha_bar scalars are 0-dim float32 as in the DDIM family (no 2**-24 clamp
+Parity notes (diffusers 0.42): timesteps are int64; the boundary scalings are computed from the timestep as passed
+to `step` (a tensor's device and dtype, or Python floats for an int), alpha_bar scalars are 0-dim float32 as in the DDIM family (no 2**-24 clamp
 with zero terminal SNR); the noise is drawn in the denoised sample's dtype; the "last step" that draws no noise is
 index `num_inference_steps - 1`, where `num_inference_steps` counts custom timesteps before the `strength` cut;
 `timestep_spacing` and `steps_offset` are accepted and unused.
@@ -20,7 +20,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -73,9 +73,10 @@ class LCMSchedulerOutput(SchedulerOutput):
         return tuple(v for v in (self.prev_sample, self.denoised) if v is not None)
 
 
-def boundary_scalings(timestep: int, timestep_scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c_skip, c_out) of the consistency boundary condition at `timestep`, as 0-dim float32 tensors."""
-    scaled = torch.tensor(timestep, dtype=torch.int64) * timestep_scaling
+def boundary_scalings(timestep: int | torch.Tensor, timestep_scaling: float) -> tuple[Any, Any]:
+    """(c_skip, c_out) of the consistency boundary condition at `timestep`, computed from the timestep as given (a
+    Python int: floats; a tensor: 0-dim float32 tensors on its device, no host sync), as diffusers computes them."""
+    scaled = timestep * timestep_scaling
     c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
     c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** 0.5
     return c_skip, c_out
@@ -89,6 +90,7 @@ class LCMScheduler(Scheduler):
     _compatibles: ClassVar[list[str]] = []  # diffusers lists none for LCM
     supports_custom_timesteps: ClassVar[bool] = True
     supports_custom_sigmas: ClassVar[bool] = False
+    sigma_data: ClassVar[float] = SIGMA_DATA
 
     def _init_schedule(self) -> None:
         cfg = self.config
@@ -194,13 +196,16 @@ class LCMScheduler(Scheduler):
             )
 
     def _prepare_steps(self) -> None:
-        # per step: (alpha_bar_t, alpha_bar_next, c_skip, c_out); the last step's "next" is itself (diffusers)
-        cfg = self.config
+        # per step: (alpha_bar_t, alpha_bar_next); the last step's "next" is itself (diffusers)
         self._scalars = []
         for i, t in enumerate(self._host_timesteps):
             nxt = self._host_timesteps[i + 1] if i + 1 < len(self._host_timesteps) else t
             alpha_next = self.alphas_cumprod[nxt] if nxt >= 0 else self.final_alpha_cumprod
-            self._scalars.append((self.alphas_cumprod[t], alpha_next, *boundary_scalings(t, cfg.timestep_scaling)))
+            self._scalars.append((self.alphas_cumprod[t], alpha_next))
+
+    def get_scalings_for_boundary_condition_discrete(self, timestep: int | torch.Tensor) -> tuple[Any, Any]:
+        """(c_skip, c_out) at `timestep` (diffusers' name; `sigma_data` = 0.5)."""
+        return boundary_scalings(timestep, self.config.timestep_scaling)
 
     def _index_for_missing_timestep(self, timestep):
         raise ValueError(
@@ -218,7 +223,8 @@ class LCMScheduler(Scheduler):
         """One LCM step: the consistency estimate `denoised`, re-noised to the next timestep unless it is the last."""
         cfg = self.config
         self._start_step(timestep)
-        alpha_t, alpha_next, c_skip, c_out = self._scalars[self._step_index]
+        alpha_t, alpha_next = self._scalars[self._step_index]
+        c_skip, c_out = boundary_scalings(timestep, cfg.timestep_scaling)
         beta_t = 1 - alpha_t
         if cfg.prediction_type == "epsilon":
             x0 = (sample - beta_t.sqrt() * model_output) / alpha_t.sqrt()

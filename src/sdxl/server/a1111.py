@@ -26,7 +26,7 @@ from sdxl.server.a1111_models import (
     to_params,
 )
 from sdxl.server.errors import ApiError, Conflict, Invalid
-from sdxl.server.images import decode_image, encode_png, has_alpha, open_image
+from sdxl.server.images import decode_image, encode_png, has_alpha, open_image, upright
 from sdxl.server.service import Service
 from sdxl.server.store import CANCELLED, DONE, FINISHED, QUEUED, Job
 from sdxl.server.worker import BAD_OUTPUT, INPUT_ERROR, OUT_OF_MEMORY
@@ -248,7 +248,7 @@ def _empty_list() -> list:
 def decode_mask(text: str, *, max_pixels: int):
     """An A1111 mask: the alpha channel when the image has transparency, else its grey levels; binarised at 128 as
     A1111 does. Returns an "L" image (white = redraw)."""
-    image = open_image(text, field="mask", max_pixels=max_pixels)
+    image = upright(open_image(text, field="mask", max_pixels=max_pixels))
     grey = image.convert("RGBA").split()[-1] if has_alpha(image) else image.convert("L")
     return grey.point(lambda v: 255 if v > 128 else 0)
 

@@ -44,11 +44,19 @@ def open_image(text: str, *, field: str, max_pixels: int) -> Image.Image:
     return image
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is shown: its EXIF orientation applied (phone photos), as browsers and diffusers'
+    `load_image` apply it, so a mask painted on what the page showed fits the image the pipeline gets."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image)
+
+
 def decode_image(text: str, *, field: str, max_pixels: int) -> Image.Image:
-    """`open_image` as RGB; transparent pixels become black."""
+    """`open_image` upright, as RGB; transparent pixels become black."""
     from PIL import Image
 
-    image = open_image(text, field=field, max_pixels=max_pixels)
+    image = upright(open_image(text, field=field, max_pixels=max_pixels))
     if has_alpha(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", image.size, (0, 0, 0))
