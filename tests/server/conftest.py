@@ -140,3 +140,33 @@ def spawn_module_server():
     """spawn_server for servers a whole test module shares (killed after the module)."""
     with spawned_servers() as spawn:
         yield spawn
+
+
+# ---- the web page's browser tests (test_page*.py; page_helpers.py skips them without Chromium) ----------------------
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    """Playwright's driver, one per browser-test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def context(playwright, tmp_path_factory):
+    """Debian's Chromium with a fresh profile, one per browser-test module."""
+    from page_helpers import browser
+
+    with browser(playwright, tmp_path_factory.mktemp("chromium-profile")) as ctx:
+        yield ctx
+
+
+@pytest.fixture
+def page(context, server):
+    """The page served by the requesting module's own `server` fixture, loaded and checked for script errors."""
+    from page_helpers import open_page
+
+    with open_page(context, server.url + "/") as p:
+        yield p

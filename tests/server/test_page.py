@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from page_helpers import JOB_MS, browser, call, card, fill, finished, generate, open_page
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 TOKEN = "page-test-token"
 
@@ -24,24 +24,6 @@ TOKEN = "page-test-token"
 def server(spawn_module_server, tmp_path_factory):
     """`sdxl serve --model demo` (a subprocess on a free loopback port) shared by this module's tests."""
     return spawn_module_server(tmp_path_factory.mktemp("page") / "data")
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as pw:
-        yield pw
-
-
-@pytest.fixture(scope="module")
-def context(playwright, tmp_path_factory):
-    with browser(playwright, tmp_path_factory.mktemp("chromium-profile")) as ctx:
-        yield ctx
-
-
-@pytest.fixture
-def page(context, server):
-    with open_page(context, server.url + "/") as p:
-        yield p
 
 
 def preview_is(page: Page, prefix: str) -> None:

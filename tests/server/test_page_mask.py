@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from page_helpers import browser, call, card, fill, finished, open_page
 from PIL import Image
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from sdxl.server.worker import DataFolder
 
@@ -34,24 +34,6 @@ def data_dir(tmp_path_factory):
 def server(spawn_module_server, data_dir):
     """`sdxl serve --model demo` (a subprocess on a free loopback port) shared by this module's tests."""
     return spawn_module_server(data_dir)
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as pw:
-        yield pw
-
-
-@pytest.fixture(scope="module")
-def context(playwright, tmp_path_factory):
-    with browser(playwright, tmp_path_factory.mktemp("chromium-profile")) as ctx:
-        yield ctx
-
-
-@pytest.fixture
-def page(context, server):
-    with open_page(context, server.url + "/") as p:
-        yield p
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------------
