@@ -57,9 +57,9 @@ def pass_stages(
     alone (an image-to-image pass that starts below the switch)."""
     if switch is None:
         return [(names[0], stage_steps(scheduler, steps, strength=strength))]
-    if strength is not None and refiner_alone(scheduler, steps, strength, switch):
-        return [(names[1], stage_steps(scheduler, steps, strength=strength))]
     base = stage_steps(scheduler, steps, strength=strength, end=switch)
+    if strength is not None and base == 0:  # `refiner_alone`: no base step before the cutoff
+        return [(names[1], stage_steps(scheduler, steps, strength=strength))]
     return [(names[0], base), (names[1], stage_steps(scheduler, steps, start=switch))]
 
 

@@ -66,14 +66,32 @@ def vp_get_velocity(
     return sqrt_alpha_prod * noise - sqrt_one_minus_alpha_prod * sample
 
 
-def predict_x0_eps(prediction_type: str, model_output, sample, alpha_prod_t, beta_prod_t):
-    """(x0, eps) from the model output at alpha_bar_t (DDIM eq. 12's f_theta), in the sample dtype."""
+def predict_x0(prediction_type: str, model_output, sample, alpha_prod_t, beta_prod_t):
+    """x0 from the model output at alpha_bar_t (DDIM eq. 12's f_theta, DDPM eq. 15), in the sample dtype."""
     if prediction_type == "epsilon":
-        return (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5), model_output
+        return (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
     if prediction_type == "sample":
-        return model_output, (sample - alpha_prod_t ** (0.5) * model_output) / beta_prod_t ** (0.5)
-    x0 = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output  # v_prediction
-    return x0, (alpha_prod_t**0.5) * model_output + (beta_prod_t**0.5) * sample
+        return model_output
+    return (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output  # v_prediction
+
+
+def predict_x0_eps(prediction_type: str, model_output, sample, alpha_prod_t, beta_prod_t):
+    """(x0, eps) from the model output at alpha_bar_t, in the sample dtype."""
+    x0 = predict_x0(prediction_type, model_output, sample, alpha_prod_t, beta_prod_t)
+    if prediction_type == "epsilon":
+        return x0, model_output
+    if prediction_type == "sample":
+        return x0, (sample - alpha_prod_t ** (0.5) * model_output) / beta_prod_t ** (0.5)
+    return x0, (alpha_prod_t**0.5) * model_output + (beta_prod_t**0.5) * sample  # v_prediction
+
+
+def bound_x0(config, x0: torch.Tensor) -> torch.Tensor:
+    """x0 held to the data range as the config asks: dynamic thresholding, else clipping, else as it is."""
+    if config.thresholding:
+        return threshold_sample(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
+    if config.clip_sample:
+        return x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+    return x0
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -156,10 +174,7 @@ class DDIMScheduler(Scheduler):
         alpha_prod_t, alpha_prod_t_prev = self._alpha_prod[self._step_index]
         beta_prod_t = 1 - alpha_prod_t
         x0, eps = predict_x0_eps(cfg.prediction_type, model_output, sample, alpha_prod_t, beta_prod_t)
-        if cfg.thresholding:
-            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        elif cfg.clip_sample:
-            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        x0 = bound_x0(cfg, x0)
 
         # sigma_t of eq. 16: the DDPM posterior std scaled by eta
         beta_prod_t_prev = 1 - alpha_prod_t_prev

@@ -15,8 +15,14 @@ import torch
 
 from sdxl.noise import randn_tensor
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
-from sdxl.schedulers.ddim import discrete_timesteps, reset_vp_schedule, vp_add_noise, vp_get_velocity
-from sdxl.schedulers.dpm_multistep import threshold_sample
+from sdxl.schedulers.ddim import (
+    bound_x0,
+    discrete_timesteps,
+    predict_x0,
+    reset_vp_schedule,
+    vp_add_noise,
+    vp_get_velocity,
+)
 from sdxl.schedulers.sigmas import TIMESTEP_SPACINGS
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -133,16 +139,7 @@ class DDPMScheduler(Scheduler):
         current_beta_t = 1 - current_alpha_t
 
         # 1. predicted x0 (eq. 15)
-        if cfg.prediction_type == "epsilon":
-            x0 = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
-        elif cfg.prediction_type == "sample":
-            x0 = model_output
-        else:  # v_prediction
-            x0 = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
-        if cfg.thresholding:
-            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        elif cfg.clip_sample:
-            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        x0 = bound_x0(cfg, predict_x0(cfg.prediction_type, model_output, sample, alpha_prod_t, beta_prod_t))
 
         # 2. posterior mean (eq. 7)
         x0_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t

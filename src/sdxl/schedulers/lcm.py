@@ -27,8 +27,7 @@ import torch
 
 from sdxl.noise import randn_tensor
 from sdxl.schedulers.base import Scheduler, SchedulerConfig, SchedulerOutput
-from sdxl.schedulers.ddim import reset_vp_schedule, vp_add_noise, vp_get_velocity
-from sdxl.schedulers.dpm_multistep import threshold_sample
+from sdxl.schedulers.ddim import bound_x0, predict_x0, reset_vp_schedule, vp_add_noise, vp_get_velocity
 
 logger = logging.getLogger(__name__)
 
@@ -225,17 +224,7 @@ class LCMScheduler(Scheduler):
         self._start_step(timestep)
         alpha_t, alpha_next = self._scalars[self._step_index]
         c_skip, c_out = boundary_scalings(timestep, cfg.timestep_scaling)
-        beta_t = 1 - alpha_t
-        if cfg.prediction_type == "epsilon":
-            x0 = (sample - beta_t.sqrt() * model_output) / alpha_t.sqrt()
-        elif cfg.prediction_type == "sample":
-            x0 = model_output
-        else:  # v_prediction
-            x0 = alpha_t.sqrt() * sample - beta_t.sqrt() * model_output
-        if cfg.thresholding:
-            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        elif cfg.clip_sample:
-            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        x0 = bound_x0(cfg, predict_x0(cfg.prediction_type, model_output, sample, alpha_t, 1 - alpha_t))
         denoised = c_out * x0 + c_skip * sample
         if self._step_index != self.num_inference_steps - 1:
             noise = randn_tensor(model_output.shape, generator, model_output.device, denoised.dtype)
